@@ -1,0 +1,132 @@
+"""The composition root: settings -> store -> handler context -> engine -> adapters -> aiohttp app.
+
+Everything is wired here explicitly; nothing registers itself on import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bots.dispatcher import Dispatcher
+from bots.http import MediaSigner, error
+from bots.pages import Pages
+from bots.settings import Settings
+from bots.webchat import WebChat
+from bots.webdesk import WebDesk
+from handlers.context import Context
+from handlers.engine import Engine
+from handlers.setup import build_context
+from state.media import MediaStore
+from state.sqlite import SQLiteStore
+
+log = logging.getLogger("kefu.app")
+
+KEY: web.AppKey["Kefu"] = web.AppKey("kefu")
+EXPIRE_EVERY = 3600.0
+
+
+@dataclass
+class Kefu:
+    """The running parts, for the CLI and for tests."""
+
+    settings: Settings
+    store: SQLiteStore
+    media: MediaStore
+    ctx: Context
+    engine: Engine
+    dispatcher: Dispatcher
+    webchat: WebChat
+    webdesk: WebDesk
+    desk_token: str
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+async def _secret(store: SQLiteStore, name: str, given: str | None) -> str:
+    """A configured secret wins; else one generated once and kept in the store."""
+    if given:
+        return given
+    return await store.set_meta_if_absent(name, secrets.token_urlsafe(24))
+
+
+async def start_kefu(settings: Settings) -> Kefu:
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteStore(data_dir / "kefu.db")
+    await store.open()
+    try:
+        ctx = build_context(settings.shop(), store, settings.templates_dir)
+    except Exception:
+        await store.close()
+        raise
+    media = MediaStore(data_dir / "media")
+    desk_token = await _secret(store, "desk_token", settings.desk_token.get_secret_value() if settings.desk_token else None)
+    signer = MediaSigner((await _secret(store, "media_key", None)).encode())
+    max_photo = int(settings.max_photo_mb * 1024 * 1024)
+    webchat = WebChat(store, media, signer, max_photo)
+    webdesk = WebDesk(ctx, media, signer, desk_token, max_photo)
+    dispatcher = Dispatcher(ctx, channels={webchat.platform: webchat}, desks={webdesk.name: webdesk},
+                            max_attempts=settings.send_max_attempts)
+    engine = Engine(ctx, desks=[webdesk.name], on_commit=dispatcher.flush)
+    dispatcher.report_failure = engine.handle
+    webchat.engine = webdesk.engine = engine
+    kefu = Kefu(settings, store, media, ctx, engine, dispatcher, webchat, webdesk, desk_token)
+    await dispatcher.start()
+    kefu.tasks.append(asyncio.create_task(_housekeeping(store), name="kefu-expire"))
+    return kefu
+
+
+async def stop_kefu(kefu: Kefu) -> None:
+    for task in kefu.tasks:
+        task.cancel()
+    await asyncio.gather(*kefu.tasks, return_exceptions=True)
+    await kefu.dispatcher.stop()
+    await kefu.store.close()
+
+
+async def _housekeeping(store: SQLiteStore) -> None:
+    while True:
+        try:
+            await store.expire()
+        except Exception:
+            log.exception("expiring old records failed")
+        await asyncio.sleep(EXPIRE_EVERY)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """API errors are JSON with a clear message, never an HTML page or a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error(413, f"body too large (limit {exc.max_size} bytes)")
+    except web.HTTPException as exc:
+        if request.path.startswith("/api/") and exc.status >= 400:
+            return error(exc.status, exc.reason)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal error; nothing you sent was lost if the response said ok")
+
+
+async def create_app(settings: Settings) -> web.Application:
+    """Start kefu's parts and return the aiohttp app serving them (web.run_app takes the coroutine)."""
+    kefu = await start_kefu(settings)
+    max_body = int(settings.max_photo_mb * 1024 * 1024) + 64 * 1024
+    app = web.Application(client_max_size=max_body, middlewares=[json_errors, kefu.webdesk.auth])
+    app[KEY] = kefu
+
+    async def on_cleanup(app: web.Application) -> None:
+        await stop_kefu(kefu)
+
+    app.on_cleanup.append(on_cleanup)
+    app.add_routes(Pages(kefu).routes())
+    app.add_routes(kefu.webchat.routes())
+    app.add_routes(kefu.webdesk.routes())
+    return app

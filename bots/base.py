@@ -1,0 +1,37 @@
+"""The adapter contract: a buyer channel sends replies, a desk publishes case news.
+
+An adapter also declares its routes (or start/stop for polling) and its
+limits; it degrades what it cannot show (buttons -> numbered text).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from handlers.model import Channel, DeskAction, Reply
+
+
+class SendError(Exception):
+    """A send failed. `retry_after` (seconds) if the platform said when to retry;
+    `permanent` if retrying cannot help (blocked by the user, chat gone)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class BuyerChannel(Protocol):
+    platform: str
+
+    async def send(self, channel: Channel, replies: list[Reply]) -> None:
+        """Deliver one turn's replies, in order."""
+        ...
+
+
+class Desk(Protocol):
+    name: str
+
+    async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
+        """Show case news; `card` is the current card of the case (None if it is gone)."""
+        ...

@@ -1,0 +1,159 @@
+"""Sends the outbox through the adapters: in order per target, with retry and back-off.
+
+A send that keeps failing is marked failed and reported to the engine as a
+SendFailed event, so the case shows it to agents; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from itertools import groupby
+from typing import Any, Awaitable, Callable
+
+from pydantic import TypeAdapter
+
+from bots.base import BuyerChannel, Desk, SendError
+from handlers.cards import build_card
+from handlers.context import Context
+from handlers.model import Action, Case, DeskAction, Reply, SendFailed
+from state.keys import split_session_key
+from state.protocol import OutboxRow, Store
+
+log = logging.getLogger("kefu.dispatch")
+_ACTION = TypeAdapter(Action)
+
+HandleEvent = Callable[[Any], Awaitable[Any]]
+
+
+def backoff(attempts: int) -> float:
+    """1, 2, 4 ... seconds, at most five minutes."""
+    return float(min(2 ** max(attempts, 0), 300))
+
+
+class Dispatcher:
+    def __init__(
+        self, ctx: Context, channels: dict[str, BuyerChannel], desks: dict[str, Desk],
+        max_attempts: int = 8, poll_interval: float = 0.5,
+    ) -> None:
+        self.ctx = ctx
+        self.store: Store = ctx.store
+        self.channels = channels
+        self.desks = desks
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self.report_failure: HandleEvent | None = None  # set to engine.handle by the app
+        # Weak: a target's lock lives while someone sends to it, then goes.
+        self._target_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kefu-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                rows = await self.store.pending_outbox(due_before=time.time(), limit=500)
+                targets = list(dict.fromkeys(r.target for r in rows))
+                await asyncio.gather(*(self.flush_target(t) for t in targets))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher pass failed")
+                await asyncio.sleep(self.poll_interval)
+
+    # --- sending ------------------------------------------------------------------
+    async def flush(self, targets: list[str]) -> None:
+        """Send what is pending for these targets now (called right after a commit)."""
+        await asyncio.gather(*(self.flush_target(t) for t in targets))
+
+    async def flush_target(self, target: str) -> None:
+        lock = self._target_locks.get(target)
+        if lock is None:
+            lock = self._target_locks[target] = asyncio.Lock()
+        async with lock:
+            rows = await self.store.pending_outbox(target=target, limit=200)
+            now = time.time()
+            # One turn's items for one target go out together (and stay in order).
+            for _, group in groupby(rows, key=lambda r: r.turn):
+                batch = list(group)
+                if batch[0].next_at > now:
+                    break  # backing off: later items must wait, or order breaks
+                if not await self._send(target, batch):
+                    break
+
+    async def _send(self, target: str, batch: list[OutboxRow]) -> bool:
+        ids = [r.id for r in batch]
+        actions = [_ACTION.validate_python(r.action) for r in batch]
+        try:
+            if target.startswith("buyer|"):
+                await self._send_buyer(target.split("|", 1)[1], [a for a in actions if isinstance(a, Reply)])
+            else:
+                await self._send_desk(batch[0].action.get("desk", ""), [a for a in actions if isinstance(a, DeskAction)])
+        except SendError as exc:
+            return await self._failed(target, batch, str(exc), exc.retry_after, exc.permanent)
+        except Exception as exc:  # a bug or a network error: retry, never lose
+            log.warning("send to %s failed: %s", target.split("|")[0], exc.__class__.__name__,
+                        extra={"session": target, "message_id": batch[0].turn})
+            return await self._failed(target, batch, f"{exc.__class__.__name__}: {exc}", None, False)
+        await self.store.outbox_done(ids)
+        return True
+
+    async def _send_buyer(self, session: str, replies: list[Reply]) -> None:
+        platform, _, _ = split_session_key(session)
+        channel = self.channels.get(platform)
+        if channel is None:
+            raise SendError(f"no adapter for platform {platform}", permanent=True)
+        await channel.send(replies[0].channel, replies)
+
+    async def _send_desk(self, desk_name: str, actions: list[DeskAction]) -> None:
+        desk = self.desks.get(desk_name)
+        if desk is None:
+            raise SendError(f"no desk named {desk_name}", permanent=True)
+        row = await self.store.get_case(actions[0].case_id)
+        card = await build_card(self.ctx, Case.model_validate(row.data), time.time()) if row else None
+        await desk.publish(actions, card)
+
+    async def _failed(
+        self, target: str, batch: list[OutboxRow], error: str, retry_after: float | None, permanent: bool
+    ) -> bool:
+        ids = [r.id for r in batch]
+        attempts = batch[0].attempts + 1
+        if permanent or attempts >= self.max_attempts:
+            await self.store.outbox_fail(ids, error)
+            log.error("gave up sending after %d attempts", attempts, extra={"session": target, "message_id": batch[0].turn})
+            if target.startswith("buyer|") and self.report_failure is not None:
+                reply = _ACTION.validate_python(batch[0].action)
+                await self.report_failure(SendFailed(
+                    message_id=f"fail-{batch[0].id}", session=target.split("|", 1)[1], at=time.time(),
+                    case_id=getattr(reply, "case_id", None), text=getattr(reply, "text", ""), error=error,
+                ))
+            return True  # the next item may go: a failed one is on the case for agents
+        delay = retry_after if retry_after is not None else backoff(attempts - 1)
+        await self.store.outbox_retry(ids, time.time() + delay, error)
+        self._schedule_wake(delay)
+        return False
+
+    def _schedule_wake(self, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self._wake.set)

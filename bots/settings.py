@@ -1,0 +1,72 @@
+"""Settings from a TOML file and `KEFU_*` environment variables (env wins).
+
+    KEFU_SHOP_NAME=小满生活馆 kefu demo
+    kefu demo --config kefu.toml      # or KEFU_CONFIG=kefu.toml
+
+Every field below is a setting; its env name is KEFU_ + the field name in
+capitals (lists as JSON, e.g. KEFU_WORK_DAYS='[1,2,3,4,5]').
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from handlers.config import ShopConfig
+
+
+class Settings(BaseSettings, ShopConfig):
+    model_config = SettingsConfigDict(env_prefix="KEFU_", extra="ignore", case_sensitive=False)
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("kefu-data")
+    templates_dir: Path | None = None
+    public_url: str = ""  # how buyers and agents reach this server (printed, used in links)
+    desk_token: SecretStr | None = None  # generated and kept in the data dir when unset
+    max_photo_mb: float = 10.0
+    log_level: str = "INFO"
+    send_max_attempts: int = 8
+    config: Path | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = settings_cls.model_config.get("toml_file")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    def shop(self) -> ShopConfig:
+        return ShopConfig.model_validate({k: getattr(self, k) for k in ShopConfig.model_fields})
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; command-line overrides beat env, env beats the TOML file."""
+    cls: type[Settings] = Settings
+    path = Path(config) if config is not None else (Path(os.environ["KEFU_CONFIG"]) if os.environ.get("KEFU_CONFIG") else None)
+    if path is not None:
+        if not path.is_file():
+            raise SettingsError(f"config file not found: {path}")
+        # A subclass that knows its file, instead of process-wide state.
+        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": str(path)}})
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

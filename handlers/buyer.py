@@ -1,0 +1,453 @@
+"""The buyer side of the conversation: greeting, FAQ, claim intake, waiting, rating."""
+
+from __future__ import annotations
+
+import re
+
+from handlers.claims import CLAIMS, OrderNumbers, next_slot
+from handlers.context import Context, Outcome
+from handlers.handoff import hand_off, open_case
+from handlers.matcher import normalize
+from handlers.model import BuyerMessage, ClaimDraft, Conversation, FaqGiven
+from handlers.turn import CLAIM_BUTTONS, MENU, Turn, detect_locale
+from state.keys import session_key
+
+_RATING = re.compile(r"^(?:[1-5]|[一二三四五])(?:分|星|颗星)?$")
+_CN_DIGITS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5}
+MENU_FAQ = {"menu:track": "track_parcel", "menu:returns": "return_policy"}
+
+
+def new_conversation(ev: BuyerMessage, ctx: Context) -> Conversation:
+    return Conversation(
+        session=session_key(ev.channel.platform, ev.channel.bot, ev.channel.chat),
+        channel=ev.channel, buyer=ev.buyer, locale=ctx.cfg.locale,
+    )
+
+
+async def handle_buyer(ev: BuyerMessage, convo: Conversation | None, ctx: Context) -> Outcome:
+    c = convo or new_conversation(ev, ctx)
+    if ev.buyer.name and ev.buyer.name != c.buyer.name:
+        c.buyer = ev.buyer
+    t = Turn(ctx, c, ev.at)
+    text = ev.text.strip()
+    locale = detect_locale(text) if text and not ev.payload else None
+    if locale and locale in ctx.wording.messages:
+        c.locale = locale
+    payload = ev.payload or t.button_for_text(text)
+    new_visit = c.turns == 0 or ev.at - c.last_buyer_at > ctx.cfg.idle_minutes * 60
+    c.turns += 1
+    c.last_buyer_at = ev.at
+    if new_visit:
+        c.visit_started_at, c.faq_given, c.misses = ev.at, [], 0
+    orders = OrderNumbers(ctx.cfg)
+    if ev.order_no and orders.valid(ev.order_no):
+        c.known_order_no = ev.order_no.strip()
+
+    if c.stage in ("with_agent", "waiting_agent"):
+        case = await t.case(c.case_id)
+        if case is not None and case.status != "resolved":
+            if c.stage == "waiting_agent" and case.status == "taken":
+                c.stage = "with_agent"
+            if c.stage == "with_agent":
+                await _relay_to_agent(t, ev, case)
+            else:
+                if new_visit:
+                    t.say("greeting_back", case_id=case.id, purpose="greeting")
+                await _while_waiting(t, ev, text, payload, case)
+            return t.outcome()
+        c.stage, c.case_id = "idle", None  # the case ended without us hearing: start afresh
+
+    if new_visit:
+        t.say("greeting", buttons=MENU, purpose="greeting")
+    if payload and payload.startswith("rate:"):
+        await _rate_by_payload(t, payload)
+        return t.outcome()
+    if c.stage == "rating":
+        if await _rate_by_text(t, text):
+            return t.outcome()
+        c.stage, c.rating_case = "idle", None
+    if c.stage in ("claim", "confirm", "edit") and c.claim is not None:
+        await _claim_turn(t, ev, text, payload, orders)
+    else:
+        c.stage = "idle"
+        await _idle_turn(t, ev, text, payload, orders, new_visit)
+    return t.outcome()
+
+
+# --- idle: menu, FAQ, starting claims and handoffs --------------------------------------
+
+
+async def _idle_turn(
+    t: Turn, ev: BuyerMessage, text: str, payload: str | None, orders: OrderNumbers, new_visit: bool
+) -> None:
+    c = t.c
+    if ev.photos:
+        room = t.ctx.cfg.max_photos_per_case - len(c.pending_photos)
+        c.pending_photos.extend(ev.photos[: max(room, 0)])
+        if not text:
+            t.say("photo_unprompted", buttons=CLAIM_BUTTONS)
+            return
+    if ev.files and not text:
+        t.say("not_a_photo")
+        return
+    if payload and await _on_payload(t, payload):
+        return
+    if not text:
+        if not new_visit:
+            t.say("unsure", buttons=MENU)
+        return
+    if t.is_phrase(text, "unhelpful") and c.last_answer:
+        _unhelpful(t)
+        return
+    order_no, _ = orders.find(text)
+    route = t.ctx.router.route(text)
+    label = route.label
+    if label in ("human", "complaint"):
+        await hand_off(t, "complaint" if label == "complaint" else "buyer_request")
+    elif label.startswith("claim:") and label[6:] in CLAIMS:
+        await _start_claim(t, label[6:], text, order_no, orders)
+    elif order_no and label in ("none", "clarify", "greeting", "thanks"):
+        c.known_order_no = order_no
+        t.say("order_noted", buttons=CLAIM_BUTTONS, order_no=order_no)
+    elif label == "greeting":
+        if not new_visit:
+            t.say("greeting_reply", buttons=MENU)
+    elif label == "thanks":
+        c.misses = 0
+        t.say("thanks_reply")
+    elif t.ctx.wording.faq(label, c.locale) is not None:
+        _answer_faq(t, label)
+    elif label == "clarify":
+        c.misses = 0
+        t.say("clarify", buttons=[_payload_for(x) for x in route.candidates if _payload_for(x)] + ["human"])
+    else:
+        c.misses += 1
+        if c.misses >= t.ctx.cfg.misses_before_handoff:
+            await hand_off(t, "bot_stuck")
+        else:
+            t.say("unsure", buttons=MENU)
+
+
+def _payload_for(label: str) -> str:
+    if label.startswith("claim:") or label == "human":
+        return label
+    if label == "complaint":
+        return "human"
+    if label in ("greeting", "thanks", "none", "clarify"):
+        return ""
+    return f"faq:{label}"
+
+
+async def _on_payload(t: Turn, payload: str) -> bool:
+    """A button press outside a claim. False: not ours, treat the text as typed."""
+    w, loc = t.ctx.wording, t.c.locale
+    if payload in MENU_FAQ and w.faq(MENU_FAQ[payload], loc):
+        _answer_faq(t, MENU_FAQ[payload])
+    elif payload == "menu:problem":
+        t.say("problem_menu", buttons=CLAIM_BUTTONS)
+    elif payload == "human":
+        await hand_off(t, "buyer_request")
+    elif payload.startswith("claim:") and payload[6:] in CLAIMS:
+        await _start_claim(t, payload[6:], "", None, OrderNumbers(t.ctx.cfg))
+    elif payload.startswith("faq:") and w.faq(payload[4:], loc):
+        _answer_faq(t, payload[4:])
+    elif payload == "helpful:no":
+        _unhelpful(t)
+    else:
+        return False
+    return True
+
+
+def _answer_faq(t: Turn, faq_id: str) -> None:
+    c, w = t.c, t.ctx.wording
+    entry = w.faq(faq_id, c.locale)
+    assert entry is not None
+    text = w.faq_answer(faq_id, c.locale, **t.values())
+    t.say_text(text, buttons=list(entry.buttons) + ["helpful:no"])
+    c.faq_given.append(FaqGiven(at=t.now, faq_id=faq_id, title=entry.title))
+    c.last_answer, c.misses = faq_id, 0
+
+
+def _unhelpful(t: Turn) -> None:
+    """The buyer says the last answer did not help: offer the next best, or a person."""
+    c = t.c
+    last = c.last_answer
+    c.last_answer = None
+    entry = t.ctx.wording.faq(last, c.locale) if last else None
+    others: list[str] = []
+    if entry is not None:
+        # Entries close to the one that missed are the likeliest intended ones.
+        for label, score in t.ctx.router.scores(entry.title + " " + " ".join(entry.questions[:3])):
+            if label != last and t.ctx.wording.faq(label, c.locale) and score >= t.ctx.router.clarify_score * 0.8:
+                others.append(f"faq:{label}")
+            if len(others) == 3:
+                break
+    if others:
+        t.say("faq_unhelpful", buttons=others + ["human"])
+    else:
+        t.say("faq_unhelpful_none", buttons=["human"])
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+
+def _description_from(text: str, order_no: str | None, orders: OrderNumbers, minimum: int) -> str | None:
+    rest = orders.strip(text, order_no)
+    return rest if len(normalize(rest)) >= minimum else None
+
+
+async def _start_claim(t: Turn, claim_type: str, text: str, order_no: str | None, orders: OrderNumbers) -> None:
+    c = t.c
+    draft = ClaimDraft(type=claim_type, started_at=t.now)  # type: ignore[arg-type]
+    draft.order_no = order_no or c.known_order_no
+    draft.photos = list(c.pending_photos)
+    c.pending_photos = []
+    # A buyer who already told us what happened is not asked again.
+    draft.description = _description_from(text, order_no, orders, 6) if text else None
+    c.claim, c.stage = draft, "claim"
+    await _ask_next(t)
+
+
+async def _ask_next(t: Turn) -> None:
+    c = t.c
+    draft = c.claim
+    assert draft is not None
+    slot = next_slot(draft)
+    if slot is None:
+        c.stage = "confirm"
+        draft.asking = None
+        _confirm(t)
+        return
+    c.stage = "claim"
+    draft.asking = slot
+    specific = f"ask_{draft.type}_{slot}"
+    template = specific if t.ctx.wording.has(specific, c.locale) and specific in t.ctx.wording.messages.get(
+        c.locale if c.locale in t.ctx.wording.messages else t.ctx.wording.default_locale, {}) else f"ask_{slot}"
+    buttons: list[str] = []
+    if slot == "photos":
+        buttons = ["photos_done", "photos_skip"] if draft.photo_nudged else ["photos_done"]
+    elif slot == "order_no":
+        buttons = ["human"]
+    t.say(template, buttons=buttons)
+
+
+def _confirm(t: Turn) -> None:
+    draft = t.c.claim
+    assert draft is not None
+    t.say(
+        "confirm_claim", buttons=["confirm:yes", "confirm:no", "human"],
+        claim_type=draft.type, claim_name=t.ctx.wording.label("case_types", draft.type, t.c.locale),
+        order_no=draft.order_no or "", photo_count=len(draft.photos), description=draft.description or "",
+    )
+
+
+async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None, orders: OrderNumbers) -> None:
+    c, cfg = t.c, t.ctx.cfg
+    draft = c.claim
+    assert draft is not None
+    if payload == "human":
+        await hand_off(t, "buyer_request")
+        return
+    if payload == "cancel_claim" or (text and t.is_phrase(text, "cancel")):
+        c.claim, c.stage = None, "idle"
+        t.say("claim_cancelled", buttons=MENU)
+        return
+    if text and not payload:
+        label = t.ctx.router.route(text).label
+        if label in ("human", "complaint"):
+            await hand_off(t, "complaint" if label == "complaint" else "buyer_request")
+            return
+
+    added = 0
+    if ev.photos:
+        room = cfg.max_photos_per_case - len(draft.photos)
+        new = [p for p in ev.photos if p.id not in {x.id for x in draft.photos}][: max(room, 0)]
+        draft.photos.extend(new)
+        added = len(new)
+        if len(new) < len(ev.photos) and room <= len(new):
+            t.say("photo_limit", max_photos=cfg.max_photos_per_case)
+    if ev.files and not ev.photos:
+        t.say("not_a_photo")
+        if not text:
+            return
+
+    if c.stage == "confirm":
+        await _confirm_turn(t, ev, text, payload, orders, added)
+        return
+    if c.stage == "edit":
+        if payload in ("edit:order_no", "edit:photos", "edit:description"):
+            slot = payload[5:]
+            if slot == "order_no":
+                draft.order_no, draft.order_failures, draft.order_unverified = None, 0, False
+            elif slot == "photos":
+                draft.photos, draft.photos_done, draft.photos_skipped = [], False, False
+            else:
+                draft.description = None
+            await _ask_next(t)
+            return
+        c.stage = "claim"  # anything else is new input for the claim
+
+    order_no, attempted = orders.find(text) if text else (None, False)
+    if order_no:
+        draft.order_no, draft.order_unverified = order_no, False
+    asking = draft.asking
+
+    if asking == "order_no" and not draft.order_no:
+        if ev.photos and not text:
+            t.say("photo_received", photo_count=len(draft.photos))
+            await _ask_next(t)
+            return
+        route = t.ctx.router.route(text) if text else None
+        if route and not attempted and t.ctx.wording.faq(route.label, c.locale):
+            _answer_faq(t, route.label)  # a side question: answer it, then carry on
+            await _ask_next(t)
+            return
+        draft.order_failures += 1
+        if draft.order_failures >= cfg.max_order_attempts:
+            draft.order_unverified = True
+            await open_case(t, draft.type, "order_unverified", draft)
+            return
+        t.say("order_invalid", buttons=["human"], example=cfg.order_example,
+              attempts_left=cfg.max_order_attempts - draft.order_failures)
+        return
+
+    if asking == "photos":
+        done = payload == "photos_done" or (text and t.is_phrase(text, "done"))
+        skip = payload == "photos_skip" or (text and t.is_phrase(text, "skip"))
+        if skip:
+            draft.photos_skipped = True
+        elif done:
+            if draft.photos:
+                draft.photos_done = True
+            else:
+                draft.photo_nudged = True
+                t.say("photos_needed", buttons=["photos_skip", "human"])
+                return
+        else:
+            if text and not order_no and draft.description is None:
+                draft.description = _description_from(text, None, orders, 2)
+            if ev.photos:
+                t.say("photo_received", buttons=["photos_done"], photo_count=len(draft.photos))
+                return
+            if text and not order_no:
+                route = t.ctx.router.route(text)
+                if t.ctx.wording.faq(route.label, c.locale) and draft.description is None:
+                    _answer_faq(t, route.label)
+                elif draft.description is not None:
+                    t.say("description_noted")
+    elif asking == "description":
+        desc = _description_from(text, order_no, orders, 2) if text else None
+        if desc and not t.is_phrase(desc, "yes") and not t.is_phrase(desc, "no"):
+            draft.description = desc
+        elif ev.photos:
+            t.say("photo_received", photo_count=len(draft.photos))
+            return
+    elif text and draft.description is None:
+        draft.description = _description_from(text, order_no, orders, 6)
+    await _ask_next(t)
+
+
+async def _confirm_turn(
+    t: Turn, ev: BuyerMessage, text: str, payload: str | None, orders: OrderNumbers, added: int
+) -> None:
+    c = t.c
+    draft = c.claim
+    assert draft is not None
+    if payload == "confirm:yes" or (not payload and text and t.is_phrase(text, "yes")):
+        await open_case(t, draft.type, "claim", draft)
+        return
+    if payload == "confirm:no" or (not payload and text and t.is_phrase(text, "no")):
+        c.stage = "edit"
+        t.say("edit_menu", buttons=["edit:order_no", "edit:photos", "edit:description", "human"])
+        return
+    if text:
+        order_no, _ = orders.find(text)
+        if order_no:
+            draft.order_no, draft.order_unverified = order_no, False
+        rest = orders.strip(text, order_no)
+        route = t.ctx.router.route(rest) if rest else None
+        if route and not order_no and t.ctx.wording.faq(route.label, c.locale):
+            _answer_faq(t, route.label)
+        elif len(normalize(rest)) >= 2:
+            # More detail from the buyer: keep it with the description.
+            draft.description = f"{draft.description}；{rest}" if draft.description else rest
+    _confirm(t)
+
+
+# --- waiting for / with an agent -------------------------------------------------------------
+
+
+async def _while_waiting(t: Turn, ev: BuyerMessage, text: str, payload: str | None, case) -> None:  # type: ignore[no-untyped-def]
+    c = t.c
+    _add_evidence(t, ev, case)
+    t.desk(case.id, "message", who="buyer", text=_said(t, ev, text), photos=ev.photos)
+    position = await t.queue_position(case)
+    if payload == "human" or (text and t.ctx.router.route(text).label in ("human", "complaint")):
+        t.say("case_already_queued", case_id=case.id, position=position)
+        return
+    if text and not payload:
+        route = t.ctx.router.route(text)
+        if t.ctx.wording.faq(route.label, c.locale):
+            _answer_faq(t, route.label)
+            return
+    if ev.files and not ev.photos:
+        t.say("not_a_photo")
+        return
+    t.say("case_waiting_ack", case_id=case.id, position=position)
+
+
+async def _relay_to_agent(t: Turn, ev: BuyerMessage, case) -> None:  # type: ignore[no-untyped-def]
+    # While a person has the case the bot stays quiet: the agent answers.
+    _add_evidence(t, ev, case)
+    t.desk(case.id, "message", who="buyer", text=_said(t, ev, ev.text.strip()), photos=ev.photos)
+
+
+def _said(t: Turn, ev: BuyerMessage, text: str) -> str:
+    if text:
+        return text
+    if ev.payload:
+        return t.button(ev.payload).text
+    if ev.files:
+        return "📎 " + ", ".join(f.name or f.content_type or "file" for f in ev.files)
+    return ""
+
+
+def _add_evidence(t: Turn, ev: BuyerMessage, case) -> None:  # type: ignore[no-untyped-def]
+    if ev.photos:
+        known = {p.id for p in case.photos}
+        room = t.ctx.cfg.max_photos_per_case - len(case.photos)
+        case.photos.extend([p for p in ev.photos if p.id not in known][: max(room, 0)])
+    t.keep(case)
+
+
+# --- rating ------------------------------------------------------------------------------------
+
+
+async def _rate_by_payload(t: Turn, payload: str) -> None:
+    try:
+        _, case_id, n = payload.split(":")
+        await _rate(t, case_id, int(n))
+    except ValueError:
+        t.say("unsure", buttons=MENU)
+
+
+async def _rate_by_text(t: Turn, text: str) -> bool:
+    n = normalize(text)
+    if not _RATING.match(n) or not t.c.rating_case:
+        return False
+    await _rate(t, t.c.rating_case, int(_CN_DIGITS.get(n[0], n[0])))
+    return True
+
+
+async def _rate(t: Turn, case_id: str, rating: int) -> None:
+    case = await t.case(case_id)
+    if case is None or case.status != "resolved" or not 1 <= rating <= 5:
+        t.say("unsure", buttons=MENU)
+        return
+    case.rating, case.rated_at = rating, t.now
+    case.log(t.now, "rated", "buyer", str(rating))
+    t.keep(case)
+    t.case_id = case.id
+    t.desk(case.id, "update")
+    t.c.stage, t.c.rating_case = "idle", None
+    t.say("rating_thanks" if rating >= 3 else "rating_sorry", rating=rating)

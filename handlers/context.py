@@ -1,0 +1,30 @@
+"""What a handler is given besides the event and the conversation, and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from handlers.config import ShopConfig
+from handlers.matcher import Router
+from handlers.model import Action, Case, Conversation
+from handlers.wording import Wording
+from state.protocol import Store
+
+
+@dataclass
+class Context:
+    cfg: ShopConfig
+    wording: Wording
+    router: Router
+    store: Store  # handlers read through it; only the engine writes
+
+
+@dataclass
+class Outcome:
+    conversation: Conversation | None
+    cases: list[Case] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    error: str | None = None  # not_found | conflict | invalid (agent commands)
+    detail: str = ""
+    duplicate: bool = False
+    case_id: str | None = None  # the case this turn created or acted on

@@ -1,0 +1,116 @@
+"""The middleware chain every event goes through, on every platform:
+
+dedupe -> per-session lock -> load state -> handler -> save state + transcript
++ outbox in one transaction -> hand the outbox to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Awaitable, Callable, Iterable
+
+from handlers.buyer import handle_buyer
+from handlers.context import Context, Outcome
+from handlers.desk import handle_agent, handle_send_failed, normalize_case_id
+from handlers.model import AgentCommand, BuyerMessage, Conversation, DeskAction, Event, Reply
+from state.keys import buyer_target, desk_target, message_key, session_key
+from state.protocol import CaseRow, OutboxItem, Turn
+
+log = logging.getLogger("kefu.engine")
+
+OnCommit = Callable[[list[str]], Awaitable[None]]
+
+
+def dedupe_key(event: Event) -> str:
+    if isinstance(event, BuyerMessage):
+        return message_key(event.channel.platform, event.channel.bot, event.message_id)
+    if isinstance(event, AgentCommand):
+        return message_key("desk", event.desk, event.message_id)
+    return message_key("system", "outbox", event.message_id)
+
+
+def reply_session(reply: Reply) -> str:
+    ch = reply.channel
+    return session_key(ch.platform, ch.bot, ch.chat)
+
+
+class Engine:
+    def __init__(self, ctx: Context, desks: Iterable[str] = ("web",), on_commit: OnCommit | None = None) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.desks = tuple(desks)
+        self.on_commit = on_commit
+
+    async def _session_for(self, event: Event) -> str:
+        if isinstance(event, BuyerMessage):
+            return session_key(event.channel.platform, event.channel.bot, event.channel.chat)
+        if isinstance(event, AgentCommand):
+            row = await self.store.get_case(normalize_case_id(event.case_id))
+            # An unknown case still gets an answer (a notice) under a lock of its own.
+            return row.session if row else f"kefu:desk:{event.desk}:unknown"
+        return event.session
+
+    async def handle(self, event: Event) -> Outcome:
+        key = dedupe_key(event)
+        if await self.store.is_seen(key):
+            log.info("duplicate message dropped", extra={"session": "", "message_id": key})
+            return Outcome(conversation=None, duplicate=True)
+        session = await self._session_for(event)
+        async with self.store.lock(session):
+            if await self.store.is_seen(key):
+                return Outcome(conversation=None, duplicate=True)
+            data = await self.store.load_conversation(session)
+            convo = Conversation.model_validate(data) if data else None
+            if isinstance(event, BuyerMessage):
+                outcome = await handle_buyer(event, convo, self.ctx)
+            elif isinstance(event, AgentCommand):
+                outcome = await handle_agent(event, convo, self.ctx)
+            else:
+                outcome = await handle_send_failed(event, convo, self.ctx)
+            turn = self._turn(key, session, event, outcome)
+            committed = await self.store.commit(turn)
+        if not committed:
+            return Outcome(conversation=None, duplicate=True)
+        log.info(
+            "handled %s: %d actions%s", event.type, len(outcome.actions),
+            f", error {outcome.error}" if outcome.error else "",
+            extra={"session": session, "message_id": key},
+        )
+        if self.on_commit and turn.outbox:
+            await self.on_commit(list(dict.fromkeys(o.target for o in turn.outbox)))
+        return outcome
+
+    def _turn(self, key: str, session: str, event: Event, outcome: Outcome) -> Turn:
+        at = event.at
+        transcript: list[dict] = []
+        if isinstance(event, BuyerMessage):
+            text = event.text.strip()
+            if not text and event.payload:
+                text = next((b.text for b in (outcome.conversation.buttons if outcome.conversation else [])
+                             if b.payload == event.payload), "") or f"[{event.payload}]"
+            transcript.append({
+                "at": at, "who": "buyer", "text": text,
+                "photos": [p.id for p in event.photos], "files": [f.name or f.content_type for f in event.files],
+            })
+        outbox: list[OutboxItem] = []
+        for action in outcome.actions:
+            dumped = action.model_dump(mode="json")
+            if isinstance(action, Reply):
+                transcript.append({
+                    "at": at, "who": action.sender, "agent": action.agent, "text": action.text,
+                    "buttons": [b.text for b in action.buttons], "photos": [action.photo.id] if action.photo else [],
+                })
+                outbox.append(OutboxItem(buyer_target(reply_session(action)), dumped))
+            elif isinstance(action, DeskAction):
+                for desk in (action.desk,) if action.desk else self.desks:
+                    outbox.append(OutboxItem(desk_target(desk, action.case_id), {**dumped, "desk": desk}))
+        cases = tuple(
+            CaseRow(id=c.id, session=c.session, status=c.status, created_at=c.created_at, data=c.model_dump(mode="json"))
+            for c in outcome.cases
+        )
+        convo = outcome.conversation.model_dump(mode="json") if outcome.conversation else None
+        return Turn(
+            message_id=key, session=session, conversation=convo, cases=cases,
+            transcript=tuple(transcript), outbox=tuple(outbox), at=at, turn_id=uuid.uuid4().hex,
+        )

@@ -1,0 +1,133 @@
+"""The storage protocol every store implements (SQLite now, Redis later).
+
+Kept small and async on purpose: one shared contract test suite runs against
+every implementation (tests/test_store_contract.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """A case as stored: indexed columns plus the JSON document."""
+
+    id: str
+    session: str
+    status: str
+    created_at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """Something to send, written in the same transaction as the state change."""
+
+    target: str  # ordering key: sends to one target happen in order
+    action: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    target: str
+    turn: str
+    action: dict[str, Any]
+    attempts: int
+    next_at: float
+    status: str  # pending | done | failed
+    error: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Everything one handled event changes, committed atomically.
+
+    `message_id` is the dedupe key: a turn whose message id was already
+    committed is rejected as a whole, so a retried platform message never
+    yields a second reply or a second case.
+    """
+
+    message_id: str
+    session: str
+    conversation: dict[str, Any] | None
+    cases: tuple[CaseRow, ...] = ()
+    transcript: tuple[dict[str, Any], ...] = ()
+    outbox: tuple[OutboxItem, ...] = ()
+    at: float = 0.0
+    turn_id: str = field(default="")
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- per-session lock and dedupe -------------------------------------
+    def lock(self, session: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def is_seen(self, message_id: str) -> bool: ...
+
+    async def commit(self, turn: Turn) -> bool:
+        """Save state, cases, transcript and outbox at once; False if a duplicate."""
+        ...
+
+    # --- reads ------------------------------------------------------------
+    async def load_conversation(self, session: str) -> dict[str, Any] | None: ...
+
+    async def get_case(self, case_id: str) -> CaseRow | None: ...
+
+    async def find_cases(
+        self, *, status: str | None = None, session: str | None = None, limit: int = 500
+    ) -> list[CaseRow]:
+        """Newest first."""
+        ...
+
+    async def next_case_number(self) -> int: ...
+
+    async def transcript(
+        self, session: str, since: float = 0.0, until: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    # --- outbox -------------------------------------------------------------
+    async def pending_outbox(
+        self, *, target: str | None = None, due_before: float | None = None, limit: int = 100
+    ) -> list[OutboxRow]:
+        """Pending items in send order (by id)."""
+        ...
+
+    async def outbox_done(self, ids: list[int]) -> None: ...
+
+    async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None: ...
+
+    async def outbox_fail(self, ids: list[int], error: str) -> None: ...
+
+    # --- mailboxes (web chat deliveries, desk feed) --------------------------
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]: ...
+
+    async def mailbox_read(
+        self, box: str, after: int = 0, limit: int = 200
+    ) -> list[tuple[int, dict[str, Any]]]: ...
+
+    async def mailbox_last(self, box: str) -> int:
+        """The newest seq in the box (0 if empty)."""
+        ...
+
+    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
+        """Return when the box has an item after `after`, or after `timeout`."""
+        ...
+
+    # --- small settings the app keeps (generated tokens, secrets) ------------
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store `value` unless a value exists; return the stored value."""
+        ...
+
+    async def expire(self, now: float | None = None) -> None:
+        """Drop what has outlived its TTL (stores with native TTLs may do nothing)."""
+        ...

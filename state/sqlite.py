@@ -1,0 +1,362 @@
+"""Embedded store: one SQLite file under the data dir (zero set-up, survives restarts).
+
+All database work runs on one dedicated thread, one whole transaction per
+hop, so the event loop never blocks and transactions never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import weakref
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from state.protocol import CaseRow, OutboxRow, Turn
+
+T = TypeVar("T")
+
+SEEN_TTL = 7 * 24 * 3600  # platforms retry for minutes, not days
+DONE_OUTBOX_TTL = 24 * 3600
+MAILBOX_TTL = 30 * 24 * 3600
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    session TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    id TEXT PRIMARY KEY, session TEXT NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS cases_session ON cases(session, created_at);
+CREATE INDEX IF NOT EXISTS cases_status ON cases(status, created_at);
+CREATE TABLE IF NOT EXISTS transcript (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL,
+    at REAL NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS transcript_session ON transcript(session, at);
+CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT NOT NULL, turn TEXT NOT NULL,
+    action TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending', error TEXT, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, target, id);
+CREATE TABLE IF NOT EXISTS mailbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, box TEXT NOT NULL, at REAL NOT NULL,
+    data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS mailbox_box ON mailbox(box, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class SQLiteStore:
+    """The embedded default store. One process; locks are in-process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kefu-sqlite")
+        self._db: sqlite3.Connection | None = None
+        # Weak: a session's lock lives while someone holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+
+    # --- plumbing -------------------------------------------------------------
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store is not open"
+            return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we acknowledge the platform.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            return db
+
+        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    # --- lock and dedupe --------------------------------------------------------
+    @asynccontextmanager
+    async def lock(self, session: str) -> AsyncIterator[None]:
+        lock = self._locks.get(session)
+        if lock is None:
+            lock = self._locks[session] = asyncio.Lock()
+        async with lock:
+            yield
+
+    async def is_seen(self, message_id: str) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1 FROM seen WHERE message_id=?", (message_id,)).fetchone() is not None
+
+        return await self._run(q)
+
+    async def commit(self, turn: Turn) -> bool:
+        now = turn.at or time.time()
+
+        def tx(db: sqlite3.Connection) -> list[str]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO seen(message_id, at) VALUES (?, ?)", (turn.message_id, now)
+                )
+                if cur.rowcount == 0:
+                    db.execute("ROLLBACK")
+                    return []
+                if turn.conversation is not None:
+                    db.execute(
+                        "INSERT INTO conversations(session, data, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(session) DO UPDATE SET data=excluded.data, updated_at=excluded.updated_at",
+                        (turn.session, _dumps(turn.conversation), now),
+                    )
+                for case in turn.cases:
+                    db.execute(
+                        "INSERT INTO cases(id, session, status, created_at, data) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET status=excluded.status, data=excluded.data",
+                        (case.id, case.session, case.status, case.created_at, _dumps(case.data)),
+                    )
+                db.executemany(
+                    "INSERT INTO transcript(session, at, data) VALUES (?, ?, ?)",
+                    [(turn.session, float(e.get("at", now)), _dumps(e)) for e in turn.transcript],
+                )
+                db.executemany(
+                    "INSERT INTO outbox(target, turn, action, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
+                    [(o.target, turn.turn_id or turn.message_id, _dumps(o.action), now, now) for o in turn.outbox],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return [turn.message_id]
+
+        return bool(await self._run(tx))
+
+    # --- reads --------------------------------------------------------------------
+    async def load_conversation(self, session: str) -> dict[str, Any] | None:
+        def q(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT data FROM conversations WHERE session=?", (session,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._run(q)
+
+    @staticmethod
+    def _case(row: tuple[Any, ...]) -> CaseRow:
+        return CaseRow(id=row[0], session=row[1], status=row[2], created_at=row[3], data=json.loads(row[4]))
+
+    async def get_case(self, case_id: str) -> CaseRow | None:
+        def q(db: sqlite3.Connection) -> CaseRow | None:
+            row = db.execute(
+                "SELECT id, session, status, created_at, data FROM cases WHERE id=?", (case_id,)
+            ).fetchone()
+            return self._case(row) if row else None
+
+        return await self._run(q)
+
+    async def find_cases(
+        self, *, status: str | None = None, session: str | None = None, limit: int = 500
+    ) -> list[CaseRow]:
+        where, args = [], []
+        if status is not None:
+            where.append("status=?")
+            args.append(status)
+        if session is not None:
+            where.append("session=?")
+            args.append(session)
+        sql = "SELECT id, session, status, created_at, data FROM cases"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+
+        def q(db: sqlite3.Connection) -> list[CaseRow]:
+            return [self._case(r) for r in db.execute(sql, args).fetchall()]
+
+        return await self._run(q)
+
+    async def next_case_number(self) -> int:
+        def tx(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "INSERT INTO counters(name, value) VALUES ('case', 1) "
+                "ON CONFLICT(name) DO UPDATE SET value=value+1 RETURNING value"
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(tx)
+
+    async def transcript(
+        self, session: str, since: float = 0.0, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT data FROM transcript WHERE session=? AND at>=? AND at<=? ORDER BY seq",
+                (session, since, until if until is not None else float("inf")),
+            ).fetchall()
+            return [json.loads(r[0]) for r in rows]
+
+        return await self._run(q)
+
+    # --- outbox ---------------------------------------------------------------------
+    async def pending_outbox(
+        self, *, target: str | None = None, due_before: float | None = None, limit: int = 100
+    ) -> list[OutboxRow]:
+        sql = (
+            "SELECT id, target, turn, action, attempts, next_at, status, error, created_at "
+            "FROM outbox WHERE status='pending'"
+        )
+        args: list[Any] = []
+        if target is not None:
+            sql += " AND target=?"
+            args.append(target)
+        if due_before is not None:
+            sql += " AND next_at<=?"
+            args.append(due_before)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+
+        def q(db: sqlite3.Connection) -> list[OutboxRow]:
+            return [
+                OutboxRow(
+                    id=r[0], target=r[1], turn=r[2], action=json.loads(r[3]), attempts=r[4],
+                    next_at=r[5], status=r[6], error=r[7], created_at=r[8],
+                )
+                for r in db.execute(sql, args).fetchall()
+            ]
+
+        return await self._run(q)
+
+    async def _outbox_update(self, sql: str, args: tuple[Any, ...], ids: list[int]) -> None:
+        if not ids:
+            return
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany(sql, [(*args, i) for i in ids])
+
+        await self._run(tx)
+
+    async def outbox_done(self, ids: list[int]) -> None:
+        await self._outbox_update(
+            "UPDATE outbox SET status='done', attempts=attempts+1, next_at=? WHERE id=?", (time.time(),), ids
+        )
+
+    async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None:
+        await self._outbox_update(
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, error=? WHERE id=?", (next_at, error), ids
+        )
+
+    async def outbox_fail(self, ids: list[int], error: str) -> None:
+        await self._outbox_update(
+            "UPDATE outbox SET status='failed', attempts=attempts+1, next_at=?, error=? WHERE id=?",
+            (time.time(), error),
+            ids,
+        )
+
+    # --- mailboxes -------------------------------------------------------------------
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]:
+        now = time.time()
+
+        def tx(db: sqlite3.Connection) -> list[int]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seqs = [
+                    int(db.execute(
+                        "INSERT INTO mailbox(box, at, data) VALUES (?, ?, ?) RETURNING seq",
+                        (box, now, _dumps(item)),
+                    ).fetchone()[0])
+                    for item in items
+                ]
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return seqs
+
+        seqs = await self._run(tx)
+        for fut in self._box_waiters.pop(box, set()):
+            if not fut.done():
+                fut.set_result(None)
+        return seqs
+
+    async def mailbox_read(
+        self, box: str, after: int = 0, limit: int = 200
+    ) -> list[tuple[int, dict[str, Any]]]:
+        def q(db: sqlite3.Connection) -> list[tuple[int, dict[str, Any]]]:
+            rows = db.execute(
+                "SELECT seq, data FROM mailbox WHERE box=? AND seq>? ORDER BY seq LIMIT ?", (box, after, limit)
+            ).fetchall()
+            return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+        return await self._run(q)
+
+    async def mailbox_last(self, box: str) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT MAX(seq) FROM mailbox WHERE box=?", (box,)).fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(q)
+
+    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Register before checking so an append between check and wait is not missed.
+        self._box_waiters[box].add(fut)
+        try:
+            def q(db: sqlite3.Connection) -> bool:
+                return db.execute("SELECT 1 FROM mailbox WHERE box=? AND seq>? LIMIT 1", (box, after)).fetchone() is not None
+
+            if await self._run(q):
+                return
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            waiters = self._box_waiters.get(box)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    self._box_waiters.pop(box, None)
+
+    # --- meta ---------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        def q(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return row[0] if row else None
+
+        return await self._run(q)
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        def tx(db: sqlite3.Connection) -> str:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            return db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
+
+        return await self._run(tx)
+
+    # --- housekeeping --------------------------------------------------------------------
+    async def expire(self, now: float | None = None) -> None:
+        """Drop what has a TTL: dedupe marks, sent outbox rows, old mailbox items."""
+        t = now if now is not None else time.time()
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM seen WHERE at<?", (t - SEEN_TTL,))
+            db.execute("DELETE FROM outbox WHERE status='done' AND next_at<?", (t - DONE_OUTBOX_TTL,))
+            db.execute("DELETE FROM mailbox WHERE at<?", (t - MAILBOX_TTL,))
+
+        await self._run(tx)
