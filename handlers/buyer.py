@@ -30,7 +30,8 @@ async def handle_buyer(ev: BuyerMessage, convo: Conversation | None, ctx: Contex
         c.buyer = ev.buyer
     t = Turn(ctx, c, ev.at)
     text = ev.text.strip()
-    locale = detect_locale(text) if text and not ev.payload else None
+    # One stray English word ("ok", "thx") does not switch a Chinese conversation.
+    locale = detect_locale(text, 1 if c.turns == 0 else 2) if text and not ev.payload else None
     if locale and locale in ctx.wording.messages:
         c.locale = locale
     payload = ev.payload or t.button_for_text(text)
@@ -191,9 +192,27 @@ def _unhelpful(t: Turn) -> None:
 # --- claims ---------------------------------------------------------------------------------
 
 
-def _description_from(text: str, order_no: str | None, orders: OrderNumbers, minimum: int) -> str | None:
+_LEAD = re.compile(r"^[\s,，。.!！~～、]+")
+
+
+def _description_from(
+    t: Turn, text: str, order_no: str | None, orders: OrderNumbers, minimum: int
+) -> str | None:
     rest = orders.strip(text, order_no)
-    return rest if len(normalize(rest)) >= minimum else None
+    # "你好，收到的盘子碎了" -> "收到的盘子碎了": greetings are not part of what happened.
+    greetings = sorted(t.ctx.wording.intents.get(t.c.locale, {}).get("greeting", []), key=len, reverse=True)
+    changed = True
+    while changed:
+        changed = False
+        for g in greetings:
+            if rest.lower().startswith(g.lower()) and len(rest) > len(g):
+                rest, changed = _LEAD.sub("", rest[len(g):]), True
+                break
+    if len(normalize(rest)) < minimum:
+        return None
+    if minimum > 2 and t.ctx.router.is_example(rest):
+        return None  # volunteered "快递一直没到" only names the claim; asked for, it is an answer
+    return rest
 
 
 async def _start_claim(t: Turn, claim_type: str, text: str, order_no: str | None, orders: OrderNumbers) -> None:
@@ -203,7 +222,7 @@ async def _start_claim(t: Turn, claim_type: str, text: str, order_no: str | None
     draft.photos = list(c.pending_photos)
     c.pending_photos = []
     # A buyer who already told us what happened is not asked again.
-    draft.description = _description_from(text, order_no, orders, 6) if text else None
+    draft.description = _description_from(t, text, order_no, orders, 6) if text else None
     c.claim, c.stage = draft, "claim"
     await _ask_next(t)
 
@@ -325,7 +344,7 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
                 return
         else:
             if text and not order_no and draft.description is None:
-                draft.description = _description_from(text, None, orders, 2)
+                draft.description = _description_from(t, text, None, orders, 2)
             if ev.photos:
                 t.say("photo_received", buttons=["photos_done"], photo_count=len(draft.photos))
                 return
@@ -336,14 +355,14 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
                 elif draft.description is not None:
                     t.say("description_noted")
     elif asking == "description":
-        desc = _description_from(text, order_no, orders, 2) if text else None
+        desc = _description_from(t, text, order_no, orders, 2) if text else None
         if desc and not t.is_phrase(desc, "yes") and not t.is_phrase(desc, "no"):
             draft.description = desc
         elif ev.photos:
             t.say("photo_received", photo_count=len(draft.photos))
             return
     elif text and draft.description is None:
-        draft.description = _description_from(text, order_no, orders, 6)
+        draft.description = _description_from(t, text, order_no, orders, 6)
     await _ask_next(t)
 
 

@@ -83,7 +83,8 @@ class OrderNumbers:
 
     def strip(self, text: str, order_no: str | None) -> str:
         """The text without the order number and its label ("订单号：...")."""
-        t = unicodedata.normalize("NFKC", text)
+        # Keep the buyer's own punctuation unless the number was typed in full width.
+        t = text if not order_no or order_no in text else unicodedata.normalize("NFKC", text)
         if order_no:
             label = r"(?:我的)?(?:订单号码?|订单编号|订单|单号|order\s*(?:no\.?|number|#)?)?\s*(?:是|为|:|：)?\s*"
             t = re.sub(label + re.escape(order_no), " ", t, flags=re.I)

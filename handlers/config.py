@@ -28,8 +28,8 @@ class ShopConfig(BaseModel):
     work_days: list[int] = [1, 2, 3, 4, 5, 6, 7]  # ISO weekdays, 1 = Monday
     first_reply_minutes: int = 10
     max_photos_per_case: int = 20
-    faq_answer_score: float = 0.6
-    faq_clarify_score: float = 0.38
+    faq_answer_score: float = 0.22
+    faq_clarify_score: float = 0.3
     misses_before_handoff: int = 2
 
     @field_validator("order_pattern")

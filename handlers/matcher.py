@@ -1,8 +1,10 @@
 """Routes a buyer message to an FAQ entry, an action (claim, human, ...) or nothing.
 
 A lexical matcher: character uni/bi-grams for Chinese, words for English,
-TF-IDF weighted cosine against every example question, best example wins.
-It sits behind `Router.route()` so a better method can replace it.
+BM25 against each label's pooled example questions, with the score divided
+by the best score the message could reach (so thresholds do not depend on
+how many entries a shop has). It sits behind `Router.route()` so a better
+method can replace it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KEEP = re.compile(rf"[{_CJK}]+|[a-z]+|\d+")
+K1, B = 1.2, 0.75
 
 
 def normalize(text: str) -> str:
@@ -23,21 +26,19 @@ def normalize(text: str) -> str:
     return "".join(_KEEP.findall(t))
 
 
-def _features(text: str) -> Counter[str]:
+def features(text: str) -> Counter[str]:
     t = unicodedata.normalize("NFKC", text).lower()
     feats: Counter[str] = Counter()
     for run in _KEEP.findall(t):
         if run.isdigit():
-            feats["#"] += 1  # numbers matter as "a number", not which one
-        elif run.isascii():
-            feats[f"w:{run}"] += 2
+            continue  # which number says nothing about the question (order numbers, sizes)
+        if run.isascii():
+            feats[f"w:{run}"] += 1
             if len(run) > 3 and run.endswith("s"):
                 feats[f"w:{run[:-1]}"] += 1
         else:
-            for ch in run:
-                feats[ch] += 1
-            for a, b in zip(run, run[1:]):
-                feats[a + b] += 2
+            feats.update(run)
+            feats.update(a + b for a, b in zip(run, run[1:]))
     return feats
 
 
@@ -50,64 +51,71 @@ class Route:
     candidates: tuple[str, ...] = ()
 
 
-@dataclass
-class _Example:
-    label: str
-    norm: str
-    vec: dict[str, float]
-    norm2: float
-
-
 class Router:
-    def __init__(self, entries: dict[str, list[str]], answer_score: float = 0.6, clarify_score: float = 0.38) -> None:
+    def __init__(self, entries: dict[str, list[str]], answer_score: float = 0.22, clarify_score: float = 0.3,
+                 margin: float = 0.3) -> None:
         """entries: label -> example phrases (FAQ ids, "claim:damaged", "human", ...)."""
         self.answer_score = answer_score
         self.clarify_score = clarify_score
-        docs = [(label, ex) for label, exs in entries.items() for ex in exs if normalize(ex)]
+        self.margin = margin
+        self._docs: dict[str, Counter[str]] = {}
+        self._exact: dict[str, str] = {}  # an example typed exactly (give or take punctuation)
+        for label, examples in entries.items():
+            doc: Counter[str] = Counter()
+            for ex in examples:
+                doc.update(features(ex))
+                self._exact.setdefault(normalize(ex), label)
+            if doc:
+                self._docs[label] = doc
+        n = max(len(self._docs), 1)
         df: Counter[str] = Counter()
-        feats = [_features(ex) for _, ex in docs]
-        for f in feats:
-            df.update(f.keys())
-        n = max(len(docs), 1)
-        self._idf = {k: math.log(1 + n / v) for k, v in df.items()}
-        self._default_idf = math.log(1 + n)
-        self._examples = []
-        for (label, ex), f in zip(docs, feats):
-            vec = self._weigh(f)
-            self._examples.append(_Example(label, normalize(ex), vec, math.sqrt(sum(v * v for v in vec.values()))))
-
-    def _weigh(self, feats: Counter[str]) -> dict[str, float]:
-        return {k: (1 + math.log(c)) * self._idf.get(k, self._default_idf) for k, c in feats.items()}
+        for doc in self._docs.values():
+            df.update(doc.keys())
+        self._idf = {k: math.log(1 + (n - v + 0.5) / (v + 0.5)) for k, v in df.items()}
+        self._len = {label: sum(doc.values()) for label, doc in self._docs.items()}
+        self._avg = sum(self._len.values()) / n if self._len else 1.0
 
     def scores(self, text: str) -> list[tuple[str, float]]:
-        """Best score per label, highest first."""
-        q = self._weigh(_features(text))
-        qn = math.sqrt(sum(v * v for v in q.values()))
-        norm = normalize(text)
-        if not qn:
+        """Score per label in 0..1, highest first."""
+        q = features(text)
+        known = [k for k in q if k in self._idf]
+        if not known:
             return []
-        best: dict[str, float] = {}
-        for ex in self._examples:
-            if not ex.norm2:
-                continue
-            dot = sum(w * ex.vec[k] for k, w in q.items() if k in ex.vec)
-            s = dot / (qn * ex.norm2)
-            # A whole example phrase inside a longer message is strong evidence.
-            if len(ex.norm) >= 3 and ex.norm in norm:
-                s = max(s, 0.62 + 0.3 * len(ex.norm) / max(len(norm), 1))
-            if s > best.get(ex.label, 0.0):
-                best[ex.label] = s
-        return sorted(best.items(), key=lambda kv: -kv[1])
+        # The most a label could score: every known feature at saturation.
+        ceiling = sum(self._idf[k] * (K1 + 1) for k in known)
+        out: list[tuple[str, float]] = []
+        for label, doc in self._docs.items():
+            norm = K1 * (1 - B + B * self._len[label] / self._avg)
+            s = 0.0
+            for k in known:
+                tf = doc.get(k)
+                if tf:
+                    s += self._idf[k] * tf * (K1 + 1) / (tf + norm)
+            if s:
+                out.append((label, s / ceiling))
+        out.sort(key=lambda kv: -kv[1])
+        return out
+
+    def is_example(self, text: str) -> bool:
+        """Is this (give or take punctuation) one of the example phrases?"""
+        return normalize(text) in self._exact
 
     def route(self, text: str) -> Route:
         ranked = self.scores(text)
         if not ranked:
             return Route("none", 0.0)
+        norm = normalize(text)
+        exact = self._exact.get(norm)
+        if exact is not None:
+            return Route(exact, 1.0, tuple(dict.fromkeys([exact, *(label for label, _ in ranked[:2])])))
+        if len(norm) < 2:
+            return Route("none", 0.0)  # one character says too little to act on
         top_label, top = ranked[0]
         second = ranked[1][1] if len(ranked) > 1 else 0.0
-        if top >= self.answer_score and top - second >= 0.04:
-            return Route(top_label, top, tuple(l for l, _ in ranked[:3]))
-        close = tuple(l for l, s in ranked[:3] if s >= self.clarify_score)
+        top3 = tuple(label for label, _ in ranked[:3])
+        if top >= self.answer_score and (top - second) >= self.margin * top:
+            return Route(top_label, top, top3)
+        close = tuple(label for label, s in ranked[:3] if s >= self.clarify_score and s >= top * 0.6)
         if close:
             return Route("clarify", top, close)
-        return Route("none", top, tuple(l for l, _ in ranked[:3]))
+        return Route("none", top, top3)

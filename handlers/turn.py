@@ -16,13 +16,18 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 
-def detect_locale(text: str) -> str | None:
-    """zh-CN if the buyer writes Chinese, en if only Latin words; None if unclear."""
+_CODE = re.compile(r"[A-Za-z0-9_\-#]*\d[A-Za-z0-9_\-#]*")
+
+
+def detect_locale(text: str, min_words: int = 1) -> str | None:
+    """zh-CN if the buyer writes Chinese, en if only Latin words; None if unclear.
+
+    Codes with digits (order numbers like PDD-1234) say nothing about language."""
     if _CJK.search(text):
         return "zh-CN"
-    t = unicodedata.normalize("NFKC", text)
+    t = _CODE.sub(" ", unicodedata.normalize("NFKC", text))
     words = _LATIN_WORD.findall(t)
-    if words and sum(len(w) for w in words) >= 3:
+    if len(words) >= min_words and sum(len(w) for w in words) >= 3:
         return "en"
     return None
 

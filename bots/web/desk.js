@@ -36,6 +36,7 @@
   function showLogin(message) {
     $("workspace").hidden = true;
     $("login").hidden = false;
+    $("token").value = token;
     $("agent").value = agent;
     $("login-error").hidden = !message;
     $("login-error").textContent = message || "";
