@@ -66,7 +66,8 @@ async def start_kefu(settings: Settings) -> Kefu:
         await store.close()
         raise
     media = MediaStore(data_dir / "media")
-    desk_token = await _secret(store, "desk_token", settings.desk_token.get_secret_value() if settings.desk_token else None)
+    configured = settings.desk_token.get_secret_value().strip() if settings.desk_token is not None else ""
+    desk_token = await _secret(store, "desk_token", configured or None)
     signer = MediaSigner((await _secret(store, "media_key", None)).encode())
     max_photo = int(settings.max_photo_mb * 1024 * 1024)
     webchat = WebChat(store, media, signer, max_photo)

@@ -111,7 +111,8 @@ class SQLiteStore:
         return await self._run(q)
 
     async def commit(self, turn: Turn) -> bool:
-        now = turn.at or time.time()
+        # Wall-clock time for TTLs and send times; the event's own time is in the documents.
+        now = time.time()
 
         def tx(db: sqlite3.Connection) -> list[str]:
             db.execute("BEGIN IMMEDIATE")
@@ -136,7 +137,7 @@ class SQLiteStore:
                     )
                 db.executemany(
                     "INSERT INTO transcript(session, at, data) VALUES (?, ?, ?)",
-                    [(turn.session, float(e.get("at", now)), _dumps(e)) for e in turn.transcript],
+                    [(turn.session, float(e.get("at", turn.at or now)), _dumps(e)) for e in turn.transcript],
                 )
                 db.executemany(
                     "INSERT INTO outbox(target, turn, action, next_at, created_at) VALUES (?, ?, ?, ?, ?)",

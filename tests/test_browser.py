@@ -100,13 +100,14 @@ def _start_server(data_dir: Path) -> Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = _start_server(tmp_path_factory.mktemp("kefu") / "data")
     yield srv
+    # A graceful stop lets the pages' last long polls (wait=25 s) run out first: ~25 s.
     srv.proc.send_signal(signal.SIGTERM)
     try:
-        srv.proc.wait(timeout=30)
+        srv.proc.wait(timeout=45)
     except subprocess.TimeoutExpired:
         srv.proc.kill()
         srv.proc.wait()
-        pytest.fail("kefu demo did not stop within 30 s of SIGTERM", pytrace=False)
+        pytest.fail("kefu demo did not stop within 45 s of SIGTERM", pytrace=False)
     finally:
         if srv.proc.stdout:
             srv.proc.stdout.close()
@@ -308,6 +309,7 @@ def test_damaged_parcel_claim_from_chat_to_rating(server: Server, browser: Brows
     buyer.press("#text", "Enter")
     expect(said_by_buyer.filter(has_text=BUYER_FOLLOW_UP)).to_have_count(1)
     expect(resolve_box).to_have_value(SUMMARY)
+    expect(resolve_box).to_be_focused()
     expect(bot.filter(has_text=BUYER_FOLLOW_UP)).to_have_count(0)  # with an agent, the bot keeps quiet
 
     # -- Resolve: the buyer gets the summary and five rating buttons.

@@ -86,6 +86,13 @@
 
   function renderCase(c) {
     var root = $("case");
+    // Every feed event redraws the open case: keep what the agent is typing (and where).
+    var drafts = {}, active = document.activeElement, focus = null;
+    if (root.dataset.case === c.id) {
+      root.querySelectorAll("textarea[data-input]").forEach(function (t) { drafts[t.dataset.input] = t.value; });
+      if (active && root.contains(active) && active.dataset.input) focus = { input: active.dataset.input, start: active.selectionStart, end: active.selectionEnd };
+    }
+    root.dataset.case = c.id;
     root.textContent = "";
     var h = el("h2", {}, c.id + " · " + c.type_name);
     h.appendChild(el("span", { class: "badge", "data-field": "status" }, c.status_name));
@@ -155,6 +162,10 @@
     }
     actions.appendChild(el("p", { class: "error", id: "action-error", hidden: "" }));
     root.appendChild(actions);
+    actions.querySelectorAll("textarea[data-input]").forEach(function (t) {
+      t.value = drafts[t.dataset.input] || "";
+      if (focus && focus.input === t.dataset.input) { t.focus(); t.setSelectionRange(focus.start, focus.end); }
+    });
 
     section(root, UI.history);
     var hl = el("ul");
@@ -170,7 +181,11 @@
       var text = ta.value.trim();
       if (!text) { ta.focus(); return; }
       var body = {}; body[field] = text;
-      if (await act(caseId, verb, body)) ta.value = "";
+      ta.value = "";  // sent: a redraw must not bring it back
+      if (!(await act(caseId, verb, body))) {
+        var now = $("case").querySelector('textarea[data-input="' + verb + '"]');  // the card may have been redrawn
+        if (now && !now.value) now.value = text;
+      }
     });
     row.appendChild(ta);
     row.appendChild(btn);

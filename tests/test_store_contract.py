@@ -1,0 +1,144 @@
+"""One contract every store passes (SQLite now; Redis joins the parameter list later)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from state.protocol import CaseRow, OutboxItem, Store, Turn
+from state.sqlite import SQLiteStore
+
+
+@pytest.fixture(params=["sqlite"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    store = SQLiteStore(tmp_path / "contract.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def turn(mid: str, session: str = "kefu:webchat:web:v1", **kw: object) -> Turn:
+    return Turn(message_id=mid, session=session, conversation=kw.pop("conversation", {"stage": "idle"}),  # type: ignore[arg-type]
+                at=time.time(), turn_id=f"t-{mid}", **kw)  # type: ignore[arg-type]
+
+
+async def test_commit_is_atomic_and_deduplicated(any_store: Store) -> None:
+    case = CaseRow(id="K1001", session="kefu:webchat:web:v1", status="open", created_at=1.0, data={"id": "K1001"})
+    t = turn("m1", conversation={"stage": "waiting_agent"}, cases=(case,),
+             transcript=({"at": 1.0, "who": "buyer", "text": "hi"},),
+             outbox=(OutboxItem("buyer|kefu:webchat:web:v1", {"type": "reply", "text": "hello"}),))
+    assert not await any_store.is_seen("m1")
+    assert await any_store.commit(t) is True
+    assert await any_store.is_seen("m1")
+    # The same message again changes nothing at all.
+    t2 = turn("m1", conversation={"stage": "idle"}, outbox=(OutboxItem("buyer|x", {"text": "again"}),))
+    assert await any_store.commit(t2) is False
+    assert await any_store.load_conversation("kefu:webchat:web:v1") == {"stage": "waiting_agent"}
+    assert [r.action["text"] for r in await any_store.pending_outbox()] == ["hello"]
+    assert (await any_store.get_case("K1001")).data == {"id": "K1001"}  # type: ignore[union-attr]
+    assert await any_store.transcript("kefu:webchat:web:v1") == [{"at": 1.0, "who": "buyer", "text": "hi"}]
+
+
+async def test_cases_are_found_by_status_and_session_newest_first(any_store: Store) -> None:
+    rows = [CaseRow(id=f"K{i}", session=f"s{i % 2}", status="open" if i < 3 else "resolved",
+                    created_at=float(i), data={"n": i}) for i in range(1, 5)]
+    await any_store.commit(turn("m", cases=tuple(rows)))
+    assert [r.id for r in await any_store.find_cases(status="open")] == ["K2", "K1"]
+    assert [r.id for r in await any_store.find_cases(session="s0")] == ["K4", "K2"]
+    updated = CaseRow(id="K1", session="s1", status="taken", created_at=1.0, data={"n": 1, "x": True})
+    await any_store.commit(turn("m2", cases=(updated,)))
+    got = await any_store.get_case("K1")
+    assert got is not None and got.status == "taken" and got.data["x"] is True
+    assert await any_store.get_case("K9") is None
+
+
+async def test_case_numbers_are_unique_under_concurrency(any_store: Store) -> None:
+    numbers = await asyncio.gather(*(any_store.next_case_number() for _ in range(50)))
+    assert sorted(numbers) == list(range(1, 51))
+
+
+async def test_transcript_ranges(any_store: Store) -> None:
+    entries = tuple({"at": float(i), "who": "buyer", "text": str(i)} for i in range(10))
+    await any_store.commit(turn("m", transcript=entries))
+    assert [e["text"] for e in await any_store.transcript("kefu:webchat:web:v1", 3.0, 5.0)] == ["3", "4", "5"]
+    assert await any_store.transcript("other") == []
+
+
+async def test_outbox_retry_done_and_fail(any_store: Store) -> None:
+    items = tuple(OutboxItem("buyer|a", {"n": i}) for i in range(3))
+    await any_store.commit(turn("m", outbox=items))
+    rows = await any_store.pending_outbox(target="buyer|a")
+    assert [r.action["n"] for r in rows] == [0, 1, 2] and all(r.attempts == 0 for r in rows)
+    await any_store.outbox_retry([rows[0].id], time.time() + 60, "429")
+    assert [r.action["n"] for r in await any_store.pending_outbox(due_before=time.time())] == [1, 2]
+    await any_store.outbox_done([rows[1].id])
+    await any_store.outbox_fail([rows[2].id], "gone")
+    left = await any_store.pending_outbox()
+    assert [(r.action["n"], r.attempts, r.error) for r in left] == [(0, 1, "429")]
+
+
+async def test_mailbox_append_read_and_wait(any_store: Store) -> None:
+    assert await any_store.mailbox_last("b") == 0
+
+    async def later() -> None:
+        await asyncio.sleep(0.1)
+        await any_store.mailbox_append("b", [{"x": 1}, {"x": 2}])
+
+    task = asyncio.create_task(later())
+    t0 = time.monotonic()
+    await any_store.mailbox_wait("b", 0, 5.0)
+    assert time.monotonic() - t0 < 2.0
+    await task
+    items = await any_store.mailbox_read("b", 0)
+    assert [i[1]["x"] for i in items] == [1, 2]
+    assert await any_store.mailbox_read("b", items[0][0]) == items[1:]
+    assert await any_store.mailbox_last("b") == items[-1][0]
+    t0 = time.monotonic()
+    await any_store.mailbox_wait("b", items[-1][0], 0.2)  # nothing new: times out
+    assert time.monotonic() - t0 >= 0.19
+    assert await any_store.mailbox_read("other", 0) == []
+
+
+async def test_locks_serialise_one_session_but_not_others(any_store: Store) -> None:
+    order: list[str] = []
+
+    async def work(session: str, tag: str) -> None:
+        async with any_store.lock(session):
+            order.append(f"{tag}+")
+            await asyncio.sleep(0.05)
+            order.append(f"{tag}-")
+
+    await asyncio.gather(work("s1", "a"), work("s1", "b"), work("s2", "c"))
+    a, b = order.index("a+"), order.index("b+")
+    first, second = ("a", "b") if a < b else ("b", "a")
+    assert order.index(f"{first}-") < order.index(f"{second}+")
+    assert order.index("c+") < order.index(f"{second}+")  # s2 did not wait for s1
+
+
+async def test_meta_keeps_the_first_value(any_store: Store) -> None:
+    assert await any_store.get_meta("k") is None
+    assert await any_store.set_meta_if_absent("k", "one") == "one"
+    assert await any_store.set_meta_if_absent("k", "two") == "one"
+
+
+async def test_expire_drops_old_dedupe_marks(any_store: Store) -> None:
+    await any_store.commit(turn("old"))
+    await any_store.expire(now=time.time() + 30 * 24 * 3600)
+    assert not await any_store.is_seen("old")
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "k.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.commit(turn("m1", conversation={"stage": "claim"}))
+    await s.close()
+    s2 = SQLiteStore(path)
+    await s2.open()
+    assert await s2.load_conversation("kefu:webchat:web:v1") == {"stage": "claim"}
+    assert await s2.is_seen("m1")
+    await s2.close()
