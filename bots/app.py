@@ -123,9 +123,13 @@ async def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[json_errors, kefu.webdesk.auth])
     app[KEY] = kefu
 
+    async def on_shutdown(app: web.Application) -> None:
+        kefu.store.wake_all()  # open long polls answer now instead of holding the stop for 30 s
+
     async def on_cleanup(app: web.Application) -> None:
         await stop_kefu(kefu)
 
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     app.add_routes(Pages(kefu).routes())
     app.add_routes(kefu.webchat.routes())

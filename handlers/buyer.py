@@ -91,7 +91,9 @@ async def _idle_turn(
     if ev.files and not text:
         t.say("not_a_photo")
         return
-    if payload and await _on_payload(t, payload):
+    handled = payload is not None and await _on_payload(t, payload)
+    c.clarified_text = None
+    if handled:
         return
     if not text:
         if not new_visit:
@@ -109,6 +111,7 @@ async def _idle_turn(
         await _start_claim(t, label[6:], text, order_no, orders)
     elif order_no and label in ("none", "clarify", "greeting", "thanks"):
         c.known_order_no = order_no
+        c.clarified_text = text
         t.say("order_noted", buttons=CLAIM_BUTTONS, order_no=order_no)
     elif label == "greeting":
         if not new_visit:
@@ -120,7 +123,9 @@ async def _idle_turn(
         _answer_faq(t, label)
     elif label == "clarify":
         c.misses = 0
-        t.say("clarify", buttons=[_payload_for(x) for x in route.candidates if _payload_for(x)] + ["human"])
+        c.clarified_text = text  # if the buyer picks a claim, this message already describes it
+        choices = [p for p in dict.fromkeys(_payload_for(x) for x in route.candidates) if p and p != "human"]
+        t.say("clarify", buttons=choices + ["human"])
     else:
         c.misses += 1
         if c.misses >= t.ctx.cfg.misses_before_handoff:
@@ -149,7 +154,9 @@ async def _on_payload(t: Turn, payload: str) -> bool:
     elif payload == "human":
         await hand_off(t, "buyer_request")
     elif payload.startswith("claim:") and payload[6:] in CLAIMS:
-        await _start_claim(t, payload[6:], "", None, OrderNumbers(t.ctx.cfg))
+        orders = OrderNumbers(t.ctx.cfg)
+        said_before = t.c.clarified_text or ""
+        await _start_claim(t, payload[6:], said_before, orders.find(said_before)[0] if said_before else None, orders)
     elif payload.startswith("faq:") and w.faq(payload[4:], loc):
         _answer_faq(t, payload[4:])
     elif payload == "helpful:no":

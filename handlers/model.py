@@ -182,6 +182,7 @@ class Conversation(BaseModel):
     misses: int = 0
     faq_given: list[FaqGiven] = Field(default_factory=list)
     last_answer: str | None = None  # FAQ id of the last answer (for "did not help")
+    clarified_text: str | None = None  # the message a "您是不是想问" was about
     buttons: list[Button] = Field(default_factory=list)
     turns: int = 0
 

@@ -121,6 +121,10 @@ class Store(Protocol):
         """Return when the box has an item after `after`, or after `timeout`."""
         ...
 
+    def wake_all(self) -> None:
+        """Release every waiting long poll at once (used when the server stops)."""
+        ...
+
     # --- small settings the app keeps (generated tokens, secrets) ------------
     async def get_meta(self, key: str) -> str | None: ...
 

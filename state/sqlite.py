@@ -66,6 +66,7 @@ class SQLiteStore:
         # Weak: a session's lock lives while someone holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._closing = False
 
     # --- plumbing -------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -314,7 +315,17 @@ class SQLiteStore:
 
         return await self._run(q)
 
+    def wake_all(self) -> None:
+        """Release every long poll now (the server is stopping)."""
+        self._closing = True
+        for waiters in self._box_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
     async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
+        if self._closing:
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Register before checking so an append between check and wait is not missed.
         self._box_waiters[box].add(fut)

@@ -288,3 +288,24 @@ async def test_a_short_description_given_when_asked_is_taken_not_asked_again(eng
     assert "描述" in said(replies)
     replies = await b.send("杯子碎了")  # also an example phrase of a claim: still an answer here
     assert "对吗" in said(replies) and "杯子碎了" in said(replies)
+
+
+async def test_picking_a_claim_after_did_you_mean_keeps_what_the_buyer_said(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send("你好")
+    replies = await b.send(f"衣服袖子短了一截，订单{ORDER_OK}")
+    assert "是不是想问" in said(replies) or "什么问题" in said(replies)
+    assert "claim:quality" in [x.payload for r in replies for x in r.buttons]
+    replies = await b.send(payload="claim:quality")
+    assert "订单号" not in said(replies) and "拍清楚" in said(replies)  # the number came with the first message
+    await b.send(photos=1)
+    replies = await b.send(payload="photos_done")
+    assert "袖子短了一截" in said(replies) and "对吗" in said(replies)
+
+
+async def test_did_you_mean_never_offers_the_same_button_twice(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    for text in ["投诉退货", "人工退款", "运费 快递", "发票 质量"]:
+        for r in await b.send(text):
+            payloads = [x.payload for x in r.buttons]
+            assert len(payloads) == len(set(payloads)), (text, payloads)
