@@ -106,7 +106,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, f"body too large (limit {exc.max_size} bytes)")
+        return error(413, f"body too large: {exc.text}")
     except web.HTTPException as exc:
         if request.path.startswith("/api/") and exc.status >= 400:
             return error(exc.status, exc.reason)

@@ -6,14 +6,15 @@ GET  /api/webchat/messages   ?visitor=&after=&wait=   long poll for the bot's an
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from bots.http import CLIENT_MSG_ID, VISITOR, MediaSigner, error, json_response
+from bots.http import (
+    CLIENT_MSG_ID, VISITOR, BadRequest, MediaSigner, Upload, error, json_response, read_form, read_json,
+)
 from handlers.cards import iso
 from handlers.engine import Engine
 from handlers.model import Buyer, BuyerMessage, Channel, FileInfo, Media, Reply
@@ -26,6 +27,7 @@ log = logging.getLogger("kefu.webchat")
 PLATFORM = "webchat"
 MAX_TEXT = 4000
 MAX_WAIT = 30.0
+FIELDS = ("visitor", "client_msg_id", "text", "payload", "name")
 
 
 class WebChat:
@@ -68,11 +70,12 @@ class WebChat:
     async def post_message(self, request: web.Request) -> web.Response:
         assert self.engine is not None
         try:
+            photo: Upload | None = None
             if request.content_type.startswith("multipart/"):
-                fields, photo = await self._read_multipart(request)
+                fields, photo = await read_form(request, FIELDS, self.max_photo_bytes, MAX_TEXT * 4)
             else:
-                fields, photo = await self._read_json(request), None
-        except _BadRequest as exc:
+                fields = await read_json(request)
+        except BadRequest as exc:
             return error(exc.status, str(exc))
         visitor = str(fields.get("visitor") or "")
         client_msg_id = str(fields.get("client_msg_id") or "")
@@ -99,14 +102,14 @@ class WebChat:
         files: tuple[FileInfo, ...] = ()
         photo_url = None
         if photo is not None:
-            data, filename, ctype = photo
             try:
-                stored = await self.media.save_image(data)
+                stored = await self.media.save_image(photo.data)
                 photos = (Media(id=stored.id, content_type=stored.content_type, size=stored.size,
                                 width=stored.width, height=stored.height),)
                 photo_url = self.signer.url(stored.id)
             except NotAnImage as exc:
-                files = (FileInfo(name=filename[:200], content_type=ctype[:100], size=len(data), reason=str(exc)[:200]),)
+                files = (FileInfo(name=photo.filename[:200], content_type=photo.content_type[:100],
+                                  size=len(photo.data), reason=str(exc)[:200]),)
 
         event = BuyerMessage(
             message_id=f"{visitor}:{client_msg_id}",
@@ -121,41 +124,6 @@ class WebChat:
         if files:
             body["not_a_photo"] = True
         return json_response(body)
-
-    async def _read_json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            data = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _BadRequest(400, "body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise _BadRequest(400, "body must be a JSON object")
-        return data
-
-    async def _read_multipart(self, request: web.Request) -> tuple[dict[str, Any], tuple[bytes, str, str] | None]:
-        fields: dict[str, Any] = {}
-        photo: tuple[bytes, str, str] | None = None
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                if part.name == "photo" and part.filename is not None:
-                    data = bytearray()
-                    while chunk := await part.read_chunk(64 * 1024):
-                        data.extend(chunk)
-                        if len(data) > self.max_photo_bytes:
-                            raise _BadRequest(413, f"photo is larger than {self.max_photo_bytes // (1024 * 1024)} MB")
-                    photo = (bytes(data), part.filename or "", part.headers.get("Content-Type", ""))
-                elif part.name in ("visitor", "client_msg_id", "text", "payload", "name"):
-                    value = await part.text()
-                    if len(value) > MAX_TEXT * 4:
-                        raise _BadRequest(413, f"field {part.name} is too long")
-                    fields[part.name] = value
-        except _BadRequest:
-            raise
-        except (ValueError, AssertionError) as exc:
-            raise _BadRequest(400, f"malformed multipart body: {exc}") from None
-        return fields, photo
 
     async def get_messages(self, request: web.Request) -> web.Response:
         visitor = request.query.get("visitor", "")
@@ -179,9 +147,3 @@ class WebChat:
             }
             for seq, item in items
         ]})
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status

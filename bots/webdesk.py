@@ -6,14 +6,13 @@ Every /api/desk call needs `Authorization: Bearer <desk token>`.
 from __future__ import annotations
 
 import hmac
-import json
 import time
 import uuid
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from bots.http import CLIENT_MSG_ID, MediaSigner, error, json_response
+from bots.http import CLIENT_MSG_ID, BadRequest, MediaSigner, error, json_response, read_form, read_json
 from handlers.cards import build_card, case_summary, iso
 from handlers.context import Context
 from handlers.desk import normalize_case_id
@@ -99,20 +98,19 @@ class WebDesk:
         photos: tuple[Media, ...] = ()
         try:
             if request.content_type.startswith("multipart/"):
-                body, photo = await self._read_multipart(request)
+                body, photo = await read_form(request, ("agent", "text", "summary", "client_msg_id"),
+                                              self.max_photo_bytes)
                 if photo is not None:
                     try:
-                        stored = await self.media.save_image(photo)
+                        stored = await self.media.save_image(photo.data)
                     except NotAnImage as exc:
                         return error(415, f"not a photo: {exc}")
                     photos = (Media(id=stored.id, content_type=stored.content_type, size=stored.size,
                                     width=stored.width, height=stored.height),)
             else:
-                body = await request.json(loads=json.loads) if request.can_read_body else {}
-        except json.JSONDecodeError:
-            return error(400, "body is not valid JSON")
-        except _TooLarge as exc:
-            return error(413, str(exc))
+                body = await read_json(request)
+        except BadRequest as exc:
+            return error(exc.status, str(exc))
         if not isinstance(body, dict):
             return error(400, "body must be a JSON object")
         agent = body.get("agent")
@@ -140,24 +138,6 @@ class WebDesk:
         card = self._with_urls(await build_card(self.ctx, Case.model_validate(row.data), time.time()))
         return json_response({"ok": True, "duplicate": outcome.duplicate, "case": card})
 
-    async def _read_multipart(self, request: web.Request) -> tuple[dict[str, Any], bytes | None]:
-        fields: dict[str, Any] = {}
-        photo: bytes | None = None
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "photo" and part.filename is not None:
-                data = bytearray()
-                while chunk := await part.read_chunk(64 * 1024):
-                    data.extend(chunk)
-                    if len(data) > self.max_photo_bytes:
-                        raise _TooLarge(f"photo is larger than {self.max_photo_bytes // (1024 * 1024)} MB")
-                photo = bytes(data) if data else None
-            elif part.name in ("agent", "text", "summary", "client_msg_id"):
-                fields[part.name] = await part.text()
-        return fields, photo
-
     async def feed(self, request: web.Request) -> web.Response:
         try:
             after = int(request.query.get("after", "0") or 0)
@@ -175,7 +155,3 @@ class WebDesk:
             {"seq": seq, **{k: v for k, v in item.items() if k != "at"}, "at": iso(item.get("at"))}
             for seq, item in items
         ]})
-
-
-class _TooLarge(Exception):
-    pass

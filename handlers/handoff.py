@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.hours import availability, describe_return
-from handlers.model import Case, ClaimDraft, Promise
+from handlers.model import Case, CaseType, ClaimDraft, Promise
 from handlers.turn import Turn
 
 TRANSCRIPT_LOOKBACK = 24 * 3600  # the card shows the last day of the conversation
 
 
-async def open_case(t: Turn, case_type: str, reason: str, draft: ClaimDraft | None = None) -> Case:
+async def open_case(t: Turn, case_type: CaseType, reason: str, draft: ClaimDraft | None = None) -> Case:
     c, cfg, now = t.c, t.ctx.cfg, t.now
     number = await t.ctx.store.next_case_number()
     case_id = f"K{1000 + number}"
@@ -25,7 +27,7 @@ async def open_case(t: Turn, case_type: str, reason: str, draft: ClaimDraft | No
     )
     avail = availability(cfg, now)
     ret = describe_return(avail.returns_at, now, cfg.timezone, c.locale) if avail.returns_at else {}
-    when = {
+    when: dict[str, Any] = {
         "in_hours": avail.open_now, "eta_minutes": cfg.first_reply_minutes,
         "return_day": ret.get("day", "today"), "return_time": ret.get("time", ""),
         "return_weekday": ret.get("weekday", "1"), "return_date": ret.get("date", ""),

@@ -176,7 +176,8 @@ class SQLiteStore:
     async def find_cases(
         self, *, status: str | None = None, session: str | None = None, limit: int = 500
     ) -> list[CaseRow]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             where.append("status=?")
             args.append(status)

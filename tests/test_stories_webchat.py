@@ -305,3 +305,13 @@ async def test_agent_reply_with_a_photo_reaches_the_buyer(running: Running) -> N
     agent_msgs = [m for m in msgs if m["from"] == "agent"]
     assert agent_msgs[0]["text"] == "亲，是这个款式吗？" and agent_msgs[0]["photo_url"].startswith("/media/")
     _ = uuid  # keep import used for readability of ids elsewhere
+
+
+async def test_an_oversized_json_body_is_refused_before_it_is_read(running: Running) -> None:
+    big = '{"visitor": "v1", "client_msg_id": "1", "text": "' + "x" * 200_000 + '"}'
+    async with running.http.post(running.base + "/api/webchat/messages", data=big,
+                                 headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413 and "KB" in (await resp.json())["error"]
+    async with running.http.post(running.base + "/api/desk/cases/K1001/note", data=big,
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}) as resp:
+        assert resp.status == 413
