@@ -18,6 +18,7 @@ from bots.dispatcher import Dispatcher
 from bots.http import MediaSigner, error
 from bots.pages import Pages
 from bots.settings import Settings
+from bots.telegram import Telegram, TelegramSettings
 from bots.webchat import WebChat
 from bots.webdesk import WebDesk
 from handlers.context import Context
@@ -45,6 +46,7 @@ class Kefu:
     webchat: WebChat
     webdesk: WebDesk
     desk_token: str
+    telegram: Telegram | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -55,7 +57,20 @@ async def _secret(store: SQLiteStore, name: str, given: str | None) -> str:
     return await store.set_meta_if_absent(name, secrets.token_urlsafe(24))
 
 
-async def start_kefu(settings: Settings) -> Kefu:
+def _telegram(settings: Settings, ctx: Context, media: MediaStore) -> Telegram | None:
+    if settings.telegram_token is None:
+        return None
+    return Telegram(TelegramSettings(
+        token=settings.telegram_token.get_secret_value(), api_url=settings.telegram_api_url,
+        file_url=settings.telegram_file_url, desk_chat=settings.telegram_desk_chat,
+        webhook_url=settings.telegram_webhook_url,
+        webhook_secret=settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else "",
+        poll_timeout=settings.telegram_poll_timeout, max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
+    ), ctx, media)
+
+
+async def start_kefu(settings: Settings, platforms: bool = True) -> Kefu:
+    """Start everything; `platforms=False` (kefu demo) runs only the web chat and web desk."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = SQLiteStore(data_dir / "kefu.db")
@@ -72,18 +87,34 @@ async def start_kefu(settings: Settings) -> Kefu:
     max_photo = int(settings.max_photo_mb * 1024 * 1024)
     webchat = WebChat(store, media, signer, max_photo)
     webdesk = WebDesk(ctx, media, signer, desk_token, max_photo)
-    dispatcher = Dispatcher(ctx, channels={webchat.platform: webchat}, desks={webdesk.name: webdesk},
-                            max_attempts=settings.send_max_attempts)
-    engine = Engine(ctx, desks=[webdesk.name], on_commit=dispatcher.flush)
+    channels: dict[str, Any] = {webchat.platform: webchat}
+    desks: dict[str, Any] = {webdesk.name: webdesk}
+    telegram = _telegram(settings, ctx, media) if platforms else None
+    if telegram is not None:
+        channels[telegram.platform] = telegram
+        if settings.telegram_desk_chat is not None:
+            desks[telegram.name] = telegram
+    dispatcher = Dispatcher(ctx, channels=channels, desks=desks, max_attempts=settings.send_max_attempts)
+    engine = Engine(ctx, desks=list(desks), on_commit=dispatcher.flush)
     dispatcher.report_failure = engine.handle
     webchat.engine = webdesk.engine = engine
-    kefu = Kefu(settings, store, media, ctx, engine, dispatcher, webchat, webdesk, desk_token)
+    kefu = Kefu(settings, store, media, ctx, engine, dispatcher, webchat, webdesk, desk_token, telegram)
     await dispatcher.start()
+    if telegram is not None:
+        telegram.engine = engine
+        try:
+            await telegram.start()
+        except Exception:
+            await dispatcher.stop()
+            await store.close()
+            raise
     kefu.tasks.append(asyncio.create_task(_housekeeping(store), name="kefu-expire"))
     return kefu
 
 
 async def stop_kefu(kefu: Kefu) -> None:
+    if kefu.telegram is not None:
+        await kefu.telegram.stop()
     for task in kefu.tasks:
         task.cancel()
     await asyncio.gather(*kefu.tasks, return_exceptions=True)
@@ -116,9 +147,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(500, "internal error; nothing you sent was lost if the response said ok")
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_app(settings: Settings, platforms: bool = True) -> web.Application:
     """Start kefu's parts and return the aiohttp app serving them (web.run_app takes the coroutine)."""
-    kefu = await start_kefu(settings)
+    kefu = await start_kefu(settings, platforms)
     max_body = int(settings.max_photo_mb * 1024 * 1024) + 64 * 1024
     app = web.Application(client_max_size=max_body, middlewares=[json_errors, kefu.webdesk.auth])
     app[KEY] = kefu
@@ -134,4 +165,6 @@ async def create_app(settings: Settings) -> web.Application:
     app.add_routes(Pages(kefu).routes())
     app.add_routes(kefu.webchat.routes())
     app.add_routes(kefu.webdesk.routes())
+    if kefu.telegram is not None:
+        app.add_routes(kefu.telegram.routes())
     return app

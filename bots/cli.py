@@ -1,6 +1,7 @@
 """The `kefu` command.
 
     kefu demo [--host 127.0.0.1] [--port 8080] [--data-dir ./kefu-data] [--config kefu.toml]
+    kefu run  [same options]   # also starts every platform whose settings are present (Telegram, ...)
 """
 
 from __future__ import annotations
@@ -42,16 +43,20 @@ def setup_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kefu", description="kefu (客服): customer-service bot for online shops")
     sub = p.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the web chat and web desk on embedded defaults (no Redis, no tokens)")
-    demo.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
-    demo.add_argument("--data-dir", type=Path, default=None, help="where data lives (default ./kefu-data)")
-    demo.add_argument("--config", type=Path, default=None, help="a TOML settings file (or KEFU_CONFIG)")
+    for name, help_ in (
+        ("demo", "run the web chat and web desk on embedded defaults (no Redis, no platform tokens)"),
+        ("run", "run the web chat, the web desk and every platform whose settings are present"),
+    ):
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+        cmd.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+        cmd.add_argument("--data-dir", type=Path, default=None, help="where data lives (default ./kefu-data)")
+        cmd.add_argument("--config", type=Path, default=None, help="a TOML settings file (or KEFU_CONFIG)")
     return p
 
 
-async def serve(settings: Settings) -> None:
-    app = await create_app(settings)
+async def serve(settings: Settings, platforms: bool) -> None:
+    app = await create_app(settings, platforms)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -65,6 +70,10 @@ async def serve(settings: Settings) -> None:
     print(f"  agent desk:  {base}/desk#token={kefu.desk_token}", flush=True)
     print(f"  desk token:  {kefu.desk_token}", flush=True)
     print(f"  data dir:    {Path(settings.data_dir).resolve()}", flush=True)
+    if kefu.telegram is not None:
+        mode = f"webhook {settings.telegram_webhook_url}" if settings.telegram_webhook_url else "polling"
+        print(f"  telegram:    @{kefu.telegram.me.username if kefu.telegram.me else '?'} ({mode}; "
+              f"desk {settings.telegram_desk_chat or 'not set'})", flush=True)
     print("Press Ctrl+C to stop.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, platforms=args.command == "run"))
     except TemplateProblem as exc:
         print(f"kefu: {exc}", file=sys.stderr)
         return 2

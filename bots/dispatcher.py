@@ -151,6 +151,8 @@ class Dispatcher:
                 ))
             return True  # the next item may go: a failed one is on the case for agents
         delay = retry_after if retry_after is not None else backoff(attempts - 1)
+        log.info("send postponed %.1f s (attempt %d): %s", delay, attempts, error[:120],
+                 extra={"session": target, "message_id": batch[0].turn})
         await self.store.outbox_retry(ids, time.time() + delay, error)
         self._schedule_wake(delay)
         return False

@@ -10,10 +10,11 @@ capitals (lists as JSON, e.g. KEFU_WORK_DAYS='[1,2,3,4,5]').
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from handlers.config import ShopConfig
@@ -31,6 +32,14 @@ class Settings(BaseSettings, ShopConfig):
     max_photo_mb: float = 10.0
     log_level: str = "INFO"
     send_max_attempts: int = 8
+    # Telegram (a channel starts with `kefu run` when its token is set)
+    telegram_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    telegram_file_url: str | None = None  # default: the API URL with /file/bot
+    telegram_desk_chat: int | None = None  # the agents' group (a forum supergroup gets a topic per case)
+    telegram_webhook_url: str = ""  # set: webhook mode at this public URL (path /api/telegram/webhook)
+    telegram_webhook_secret: SecretStr | None = None  # generated and kept when unset
+    telegram_poll_timeout: int = 25
     config: Path | None = Field(default=None, exclude=True)
 
     @classmethod
@@ -47,6 +56,18 @@ class Settings(BaseSettings, ShopConfig):
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _telegram_secret_chars(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{1,256}", v.get_secret_value()):
+            raise ValueError("Telegram allows 1-256 characters A-Z, a-z, 0-9, _ and - in a webhook secret")
+        return v
 
     def shop(self) -> ShopConfig:
         return ShopConfig.model_validate({k: getattr(self, k) for k in ShopConfig.model_fields})

@@ -18,6 +18,7 @@ from handlers.context import Context
 from handlers.desk import normalize_case_id
 from handlers.engine import Engine
 from handlers.model import AgentCommand, Case, DeskAction, Media
+from handlers.privacy import mask
 from state.media import MediaStore, NotAnImage
 
 DESK = "web"
@@ -62,7 +63,8 @@ class WebDesk:
     async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
         now = time.time()
         await self.store.mailbox_append(FEED, [
-            {"type": a.kind, "case_id": a.case_id, "who": a.who, "agent": a.agent, "text": a.text,
+            {"type": a.kind, "case_id": a.case_id, "who": a.who, "agent": a.agent,
+             "text": mask(a.text) if a.who == "buyer" else a.text,
              "photos": [p.id for p in a.photos], "status": card["status"] if card else None, "at": now}
             for a in actions
         ])

@@ -12,6 +12,7 @@ from handlers.model import BuyerMessage, ClaimDraft, Conversation, FaqGiven
 from handlers.turn import CLAIM_BUTTONS, MENU, Turn, detect_locale
 from state.keys import session_key
 
+_SAFE_REF = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _RATING = re.compile(r"^(?:[1-5]|[一二三四五])(?:分|星|颗星)?$")
 _CN_DIGITS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5}
 MENU_FAQ = {"menu:track": "track_parcel", "menu:returns": "return_policy"}
@@ -40,8 +41,13 @@ async def handle_buyer(ev: BuyerMessage, convo: Conversation | None, ctx: Contex
     c.last_buyer_at = ev.at
     if new_visit:
         c.visit_started_at, c.faq_given, c.misses = ev.at, [], 0
+    if c.turns == 1 and ev.locale:
+        hint = "zh-CN" if ev.locale.lower().startswith("zh") else "en" if ev.locale.lower().startswith("en") else None
+        if hint and hint in ctx.wording.messages and not locale:
+            c.locale = hint
     orders = OrderNumbers(ctx.cfg)
-    if ev.order_no and orders.valid(ev.order_no):
+    if ev.order_no and _SAFE_REF.match(ev.order_no.strip()):
+        # From the shop's own link (e.g. a deep link on the order page): trusted as given.
         c.known_order_no = ev.order_no.strip()
 
     if c.stage in ("with_agent", "waiting_agent"):
@@ -58,8 +64,10 @@ async def handle_buyer(ev: BuyerMessage, convo: Conversation | None, ctx: Contex
             return t.outcome()
         c.stage, c.case_id = "idle", None  # the case ended without us hearing: start afresh
 
-    if new_visit:
+    if new_visit or payload == "start":
         t.say("greeting", buttons=MENU, purpose="greeting")
+    if payload == "start":
+        return t.outcome()
     if payload and payload.startswith("rate:"):
         await _rate_by_payload(t, payload)
         return t.outcome()
@@ -89,7 +97,7 @@ async def _idle_turn(
             t.say("photo_unprompted", buttons=CLAIM_BUTTONS)
             return
     if ev.files and not text:
-        t.say("not_a_photo")
+        _file_note(t, ev)
         return
     handled = payload is not None and await _on_payload(t, payload)
     c.clarified_text = None
@@ -132,6 +140,14 @@ async def _idle_turn(
             await hand_off(t, "bot_stuck")
         else:
             t.say("unsure", buttons=MENU)
+
+
+def _file_note(t: Turn, ev: BuyerMessage) -> None:
+    """A file where a photo is expected, or something we cannot show (voice, sticker)."""
+    if any(f.reason == "unsupported" for f in ev.files):
+        t.say("unsupported_message")
+    else:
+        t.say("not_a_photo")
 
 
 def _payload_for(label: str) -> str:
@@ -293,7 +309,7 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
         if len(new) < len(ev.photos) and room <= len(new):
             t.say("photo_limit", max_photos=cfg.max_photos_per_case)
     if ev.files and not ev.photos:
-        t.say("not_a_photo")
+        _file_note(t, ev)
         if not text:
             return
 
@@ -417,7 +433,7 @@ async def _while_waiting(t: Turn, ev: BuyerMessage, text: str, payload: str | No
             _answer_faq(t, route.label)
             return
     if ev.files and not ev.photos:
-        t.say("not_a_photo")
+        _file_note(t, ev)
         return
     t.say("case_waiting_ack", case_id=case.id, position=position)
 

@@ -85,7 +85,7 @@ async def handle_agent(ev: AgentCommand, convo: Conversation | None, ctx: Contex
             t.say_text(text if i == 0 else "", photo=photo, sender="agent", agent=ev.agent)
         case.first_reply_at = case.first_reply_at or ev.at
         case.log(ev.at, "reply", ev.agent, text)
-        t.desk(case.id, "message", who="agent", agent=ev.agent, text=text, photos=ev.photos)
+        t.desk(case.id, "message", who="agent", agent=ev.agent, text=text, photos=ev.photos, origin=ev.desk)
     if verb == "resolve":
         summary = ev.text.strip()
         case.status, case.resolution, case.resolved_at = "resolved", summary, ev.at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from handlers.claims import OrderNumbers
 from handlers.hours import availability, describe_return
 from handlers.model import Case, CaseType, ClaimDraft, Promise
 from handlers.turn import Turn
@@ -20,7 +21,8 @@ async def open_case(t: Turn, case_type: CaseType, reason: str, draft: ClaimDraft
     order_no = (draft.order_no if draft else None) or c.known_order_no
     case = Case(
         id=case_id, session=c.session, channel=c.channel, buyer=c.buyer, locale=c.locale,
-        type=case_type, reason=reason, order_no=order_no, order_verified=bool(order_no),
+        type=case_type, reason=reason, order_no=order_no,
+        order_verified=bool(order_no) and OrderNumbers(cfg).valid(order_no or ""),
         photos=photos, description=draft.description if draft else None,
         faq_given=list(c.faq_given), created_at=now,
         transcript_since=max(now - TRANSCRIPT_LOOKBACK, c.last_case_closed_at),

@@ -71,6 +71,7 @@ class BuyerMessage(Frozen):
     photos: tuple[Media, ...] = ()
     files: tuple[FileInfo, ...] = ()
     order_no: str | None = None  # known from the entry point (e.g. a deep link)
+    locale: str | None = None  # the buyer's app language, when the platform tells it
 
 
 class AgentCommand(Frozen):
@@ -135,6 +136,7 @@ class DeskAction(Frozen):
     photos: tuple[Media, ...] = ()
     agent: str | None = None
     desk: str | None = None  # None: every desk
+    origin: str | None = None  # the desk an agent's message came from (it already shows it)
 
 
 Action = Annotated[Union[Reply, DeskAction], Field(discriminator="type")]

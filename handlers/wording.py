@@ -69,9 +69,12 @@ SAMPLE_VARS: dict[str, Any] = {
         "resolution": None, "rating": None,
     },
     "local": lambda value: "11-22 16:00",
+    "sender": "buyer",
+    "sender_name": "小李",
+    "line": "杯子碎了",
     "who": {"buyer": "买家", "bot": "机器人", "agent": "客服", "system": "系统"},
 }
-_ID = re.compile(r"^[a-z0-9_]{2,64}$")
+_ID = re.compile(r"^[a-z0-9_]{2,40}$")  # "faq:<id>" must fit a Telegram button's 64 bytes
 
 
 class TemplateProblem(ValueError):
@@ -195,7 +198,7 @@ class Wording:
             return None
         fid = str(data["id"])
         if not _ID.match(fid):
-            problems.append(f"{path}: id {fid!r} must be 2-64 of a-z, 0-9, _")
+            problems.append(f"{path}: id {fid!r} must be 2-40 of a-z, 0-9, _")
             return None
         if fid != path.stem:
             problems.append(f"{path}: id {fid!r} must match the file name")

@@ -40,3 +40,8 @@ def desk_target(desk: str, case_id: str) -> str:
 
 def mailbox_key(name: str) -> str:
     return f"{PREFIX}:box:{name}"
+
+
+def platform_key(platform: str, bot: str, *parts: str | int) -> str:
+    """Keys an adapter keeps for itself (update offsets, desk message maps)."""
+    return ":".join([PREFIX, _clean(platform), _clean(bot), *(_clean(str(p)) for p in parts)])

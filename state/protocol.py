@@ -44,6 +44,24 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
+class IngressRow:
+    """A platform request stored before it was acknowledged, waiting to be handled.
+
+    `lane` is the conversation it belongs to (rows of one lane are handled in
+    order); `grp` groups rows that make one turn (a Telegram album)."""
+
+    id: int
+    source: str
+    key: str
+    lane: str
+    grp: str | None
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+    not_before: float = 0.0  # backing off after a failure until then
+
+
+@dataclass(frozen=True)
 class Turn:
     """Everything one handled event changes, committed atomically.
 
@@ -106,6 +124,23 @@ class Store(Protocol):
 
     async def outbox_fail(self, ids: list[int], error: str) -> None: ...
 
+    # --- durable ingress: acknowledge the platform only after this ---------------
+    async def ingress_push(
+        self, source: str, key: str, lane: str, payload: dict[str, Any], grp: str | None = None
+    ) -> bool:
+        """Store a platform request; False if `key` was stored before (a platform retry)."""
+        ...
+
+    async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
+        """Rows not yet handled (including those backing off), oldest first."""
+        ...
+
+    async def ingress_done(self, ids: list[int]) -> None: ...
+
+    async def ingress_retry(self, ids: list[int], not_before: float, error: str) -> None: ...
+
+    async def ingress_fail(self, ids: list[int], error: str) -> None: ...
+
     # --- mailboxes (web chat deliveries, desk feed) --------------------------
     async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]: ...
 
@@ -127,6 +162,8 @@ class Store(Protocol):
 
     # --- small settings the app keeps (generated tokens, secrets) ------------
     async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         """Store `value` unless a value exists; return the stored value."""

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from state.protocol import CaseRow, OutboxRow, Turn
+from state.protocol import CaseRow, IngressRow, OutboxRow, Turn
 
 T = TypeVar("T")
 
@@ -49,7 +49,14 @@ CREATE TABLE IF NOT EXISTS mailbox (
 CREATE INDEX IF NOT EXISTS mailbox_box ON mailbox(box, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ingress (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
+    lane TEXT NOT NULL, grp TEXT, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0, error TEXT,
+    created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ingress_pending ON ingress(status, source, id);
 """
+INGRESS_TTL = 7 * 24 * 3600
 
 
 def _dumps(value: Any) -> str:
@@ -272,6 +279,51 @@ class SQLiteStore:
             ids,
         )
 
+    # --- ingress ----------------------------------------------------------------------
+    async def ingress_push(
+        self, source: str, key: str, lane: str, payload: dict[str, Any], grp: str | None = None
+    ) -> bool:
+        now = time.time()
+
+        def tx(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO ingress(source, key, lane, grp, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (source, key, lane, grp, _dumps(payload), now),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(tx)
+
+    async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
+        def q(db: sqlite3.Connection) -> list[IngressRow]:
+            rows = db.execute(
+                "SELECT id, source, key, lane, grp, payload, attempts, created_at, not_before FROM ingress "
+                "WHERE status='pending' AND source=? ORDER BY id LIMIT ?",
+                (source, limit),
+            ).fetchall()
+            return [IngressRow(id=r[0], source=r[1], key=r[2], lane=r[3], grp=r[4], payload=json.loads(r[5]),
+                               attempts=r[6], created_at=r[7], not_before=r[8]) for r in rows]
+
+        return await self._run(q)
+
+    async def _ingress_update(self, sql: str, args: tuple[Any, ...], ids: list[int]) -> None:
+        if ids:
+            def tx(db: sqlite3.Connection) -> None:
+                db.executemany(sql, [(*args, i) for i in ids])
+
+            await self._run(tx)
+
+    async def ingress_done(self, ids: list[int]) -> None:
+        await self._ingress_update("UPDATE ingress SET status='done', payload='{}' WHERE id=?", (), ids)
+
+    async def ingress_retry(self, ids: list[int], not_before: float, error: str) -> None:
+        await self._ingress_update(
+            "UPDATE ingress SET attempts=attempts+1, not_before=?, error=? WHERE id=?", (not_before, error), ids)
+
+    async def ingress_fail(self, ids: list[int], error: str) -> None:
+        await self._ingress_update(
+            "UPDATE ingress SET status='failed', attempts=attempts+1, error=? WHERE id=?", (error,), ids)
+
     # --- mailboxes -------------------------------------------------------------------
     async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]:
         now = time.time()
@@ -355,6 +407,13 @@ class SQLiteStore:
 
         return await self._run(q)
 
+    async def set_meta(self, key: str, value: str) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                       (key, value))
+
+        await self._run(tx)
+
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         def tx(db: sqlite3.Connection) -> str:
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
@@ -371,5 +430,7 @@ class SQLiteStore:
             db.execute("DELETE FROM seen WHERE at<?", (t - SEEN_TTL,))
             db.execute("DELETE FROM outbox WHERE status='done' AND next_at<?", (t - DONE_OUTBOX_TTL,))
             db.execute("DELETE FROM mailbox WHERE at<?", (t - MAILBOX_TTL,))
+            # Handled requests keep only their key (for dedupe) until their TTL.
+            db.execute("DELETE FROM ingress WHERE status!='pending' AND created_at<?", (t - INGRESS_TTL,))
 
         await self._run(tx)

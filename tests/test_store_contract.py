@@ -142,3 +142,27 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
     assert await s2.load_conversation("kefu:webchat:web:v1") == {"stage": "claim"}
     assert await s2.is_seen("m1")
     await s2.close()
+
+
+async def test_ingress_dedupes_orders_and_backs_off(any_store: Store) -> None:
+    assert await any_store.ingress_push("tg", "u1", "chat1", {"update_id": 1}) is True
+    assert await any_store.ingress_push("tg", "u1", "chat1", {"update_id": 1}) is False  # a platform retry
+    assert await any_store.ingress_push("tg", "u2", "chat2", {"update_id": 2}, grp="album") is True
+    assert await any_store.ingress_push("other", "x", "l", {}) is True
+    rows = await any_store.ingress_pending("tg")
+    assert [(r.key, r.lane, r.grp, r.payload) for r in rows] == [
+        ("u1", "chat1", None, {"update_id": 1}), ("u2", "chat2", "album", {"update_id": 2})]
+    await any_store.ingress_retry([rows[0].id], time.time() + 60, "boom")
+    again = await any_store.ingress_pending("tg")
+    assert [(r.key, r.attempts, r.not_before > time.time()) for r in again] == [("u1", 1, True), ("u2", 0, False)]
+    await any_store.ingress_done([rows[1].id])
+    assert [r.key for r in await any_store.ingress_pending("tg")] == ["u1"]
+    assert await any_store.ingress_push("tg", "u2", "chat2", {"update_id": 2}) is False  # still remembered
+    await any_store.ingress_fail([rows[0].id], "bad")
+    assert await any_store.ingress_pending("tg") == []
+
+
+async def test_meta_can_be_overwritten(any_store: Store) -> None:
+    await any_store.set_meta("offset", "5")
+    await any_store.set_meta("offset", "9")
+    assert await any_store.get_meta("offset") == "9"

@@ -1,0 +1,139 @@
+"""Handles platform requests that were stored before they were acknowledged.
+
+Adapters verify and store a request (state ingress), answer the platform at
+once, and this worker does the slow part afterwards: media downloads, the
+engine. Rows of one conversation (lane) are handled in order; lanes run in
+parallel. Rows sharing a group (a Telegram album) wait until the group has
+been quiet for `group_window` seconds and are then handled as one turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Awaitable, Callable
+
+from state.protocol import IngressRow, Store
+
+log = logging.getLogger("kefu.ingress")
+
+Handle = Callable[[list[IngressRow]], Awaitable[None]]
+
+
+class IngressWorker:
+    def __init__(
+        self, store: Store, source: str, handle: Handle, *, group_window: float = 1.0,
+        max_attempts: int = 5, parallel_lanes: int = 16, poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.handle = handle
+        self.group_window = group_window
+        self.max_attempts = max_attempts
+        self.poll_interval = poll_interval
+        self._sem = asyncio.Semaphore(parallel_lanes)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy_lanes: set[str] = set()
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"kefu-ingress-{self.source}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for t in list(self._lane_tasks):
+            t.cancel()
+        await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until nothing is pending or being handled (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._busy_lanes and not await self.store.ingress_pending(self.source, limit=1):
+                return
+            self.kick()
+            await asyncio.sleep(0.02)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ingress pass failed")
+
+    async def _pass(self) -> None:
+        rows = await self.store.ingress_pending(self.source, limit=500)
+        lanes: OrderedDict[str, list[IngressRow]] = OrderedDict()
+        for row in rows:
+            lanes.setdefault(row.lane, []).append(row)
+        now = time.time()
+        for lane, lane_rows in lanes.items():
+            if lane in self._busy_lanes:
+                continue  # its task picks the new rows up when it is done
+            if lane_rows[0].not_before > now:
+                continue  # backing off: the rows after it wait too, or order breaks
+            self._busy_lanes.add(lane)
+            task = asyncio.create_task(self._lane(lane, lane_rows))
+            self._lane_tasks.add(task)
+            task.add_done_callback(self._lane_tasks.discard)
+
+    async def _lane(self, lane: str, rows: list[IngressRow]) -> None:
+        try:
+            async with self._sem:
+                while rows:
+                    batch = _next_turn(rows)
+                    if batch[0].grp is not None:
+                        newest = max(r.created_at for r in batch)
+                        quiet = time.time() - newest
+                        if quiet < self.group_window:
+                            # More parts of the album may still come: look again later.
+                            asyncio.get_running_loop().call_later(self.group_window - quiet + 0.05, self.kick)
+                            return
+                    if not await self._handle(batch):
+                        return  # backing off: later rows of this lane must wait, or order breaks
+                    rows = [r for r in rows if r not in batch]
+        finally:
+            self._busy_lanes.discard(lane)
+            self.kick()
+
+    async def _handle(self, batch: list[IngressRow]) -> bool:
+        ids = [r.id for r in batch]
+        try:
+            await self.handle(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempts = batch[0].attempts + 1
+            log.warning("handling %s failed (attempt %d): %s", self.source, attempts, exc.__class__.__name__,
+                        extra={"session": batch[0].lane, "message_id": batch[0].key}, exc_info=True)
+            if attempts >= self.max_attempts:
+                await self.store.ingress_fail(ids, f"{exc.__class__.__name__}: {exc}"[:500])
+                return True
+            await self.store.ingress_retry(ids, time.time() + min(2 ** attempts, 60), str(exc)[:500])
+            return False
+        await self.store.ingress_done(ids)
+        return True
+
+
+def _next_turn(rows: list[IngressRow]) -> list[IngressRow]:
+    """The first row, with every pending row of its group."""
+    first = rows[0]
+    if first.grp is None:
+        return [first]
+    return [r for r in rows if r.grp == first.grp]

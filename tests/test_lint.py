@@ -1,0 +1,17 @@
+"""Undefined names and unused imports are bugs that only show on the rare path
+(an `except` clause naming a class that was never imported): catch them all here."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_no_undefined_names_or_unused_imports() -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is a test dependency (pip install -e '.[test]')"
+    proc = subprocess.run([ruff, "check", "--select", "F,E9", "bots", "handlers", "state", "tests", "bench"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
