@@ -1,7 +1,13 @@
 """The `kefu` command.
 
-    kefu demo [--host 127.0.0.1] [--port 8080] [--data-dir ./kefu-data] [--config kefu.toml]
-    kefu run  [same options]   # also starts every platform whose settings are present (Telegram, ...)
+    kefu demo   [--host 127.0.0.1] [--port 8080] [--data-dir ./kefu-data] [--config kefu.toml]
+    kefu run    [same options] [--workers N] [--role all|web]
+    kefu worker [--data-dir ...] [--config ...] [--port 0]      # needs KEFU_REDIS_URL
+
+`demo` runs the web chat and web desk on embedded defaults. `run` also starts every
+platform whose settings are present; with `--workers N` (Redis) it runs the web
+process here and N worker processes it restarts if they die. `worker` is one
+worker process (docker compose scales these).
 """
 
 from __future__ import annotations
@@ -9,15 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
-
-from aiohttp import web
-
-from bots.app import KEY, create_app
-from bots.settings import Settings, SettingsError, load_settings
-from handlers.wording import TemplateProblem
+from typing import Any
 
 
 class _Defaults(logging.Filter):
@@ -29,15 +34,16 @@ class _Defaults(logging.Filter):
         return True
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, tag: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Defaults())
     handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s [%(session)s %(message_id)s] %(message)s"))
+        f"%(asctime)s %(levelname)s {tag}%(name)s [%(session)s %(message_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,17 +52,28 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (
         ("demo", "run the web chat and web desk on embedded defaults (no Redis, no platform tokens)"),
         ("run", "run the web chat, the web desk and every platform whose settings are present"),
+        ("worker", "run one worker process (handles stored messages, sends replies); needs Redis"),
     ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-        cmd.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+        cmd.add_argument("--port", type=int, default=None,
+                         help="port (default 8080; 0 picks a free one; a worker serves /healthz and /metrics there)")
         cmd.add_argument("--data-dir", type=Path, default=None, help="where data lives (default ./kefu-data)")
         cmd.add_argument("--config", type=Path, default=None, help="a TOML settings file (or KEFU_CONFIG)")
+        if name == "run":
+            cmd.add_argument("--workers", type=int, default=0,
+                             help="worker processes to start and supervise (needs KEFU_REDIS_URL)")
+            cmd.add_argument("--role", choices=["all", "web"], default=None,
+                             help="all: this process also handles messages; web: only takes them in")
     return p
 
 
-async def serve(settings: Settings, platforms: bool) -> None:
-    app = await create_app(settings, platforms)
+async def serve(settings: Any, platforms: bool, role: str, quiet: bool = False) -> None:
+    from aiohttp import web
+
+    from bots.app import KEY, create_app
+
+    app = await create_app(settings, platforms, role)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -65,16 +82,22 @@ async def serve(settings: Settings, platforms: bool) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = settings.public_url.rstrip("/") or f"http://{shown}:{port}"
     kefu = app[KEY]
-    print(f"kefu is running for {settings.shop_name}", flush=True)
-    print(f"  buyer chat:  {base}/", flush=True)
-    print(f"  agent desk:  {base}/desk#token={kefu.desk_token}", flush=True)
-    print(f"  desk token:  {kefu.desk_token}", flush=True)
-    print(f"  data dir:    {Path(settings.data_dir).resolve()}", flush=True)
-    if kefu.telegram is not None:
-        mode = f"webhook {settings.telegram_webhook_url}" if settings.telegram_webhook_url else "polling"
-        print(f"  telegram:    @{kefu.telegram.me.username if kefu.telegram.me else '?'} ({mode}; "
-              f"desk {settings.telegram_desk_chat or 'not set'})", flush=True)
-    print("Press Ctrl+C to stop.", flush=True)
+    if role == "worker":
+        print(f"kefu worker {os.getpid()} running (health and metrics on {base})", flush=True)
+    elif not quiet:
+        store = "redis " + settings.redis_url.split("@")[-1] if settings.redis_url else "embedded SQLite"
+        print(f"kefu is running for {settings.shop_name}", flush=True)
+        print(f"  buyer chat:  {base}/", flush=True)
+        print(f"  agent desk:  {base}/desk#token={kefu.desk_token}", flush=True)
+        print(f"  desk token:  {kefu.desk_token}", flush=True)
+        print(f"  admin token: {kefu.admin_token}", flush=True)
+        print(f"  data dir:    {Path(settings.data_dir).resolve()}", flush=True)
+        print(f"  store:       {store}", flush=True)
+        if kefu.telegram is not None:
+            mode = f"webhook {settings.telegram_webhook_url}" if settings.telegram_webhook_url else "polling"
+            print(f"  telegram:    @{kefu.telegram.me.username if kefu.telegram.me else '?'} ({mode}; "
+                  f"desk {settings.telegram_desk_chat or 'not set'})", flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,17 +108,97 @@ async def serve(settings: Settings, platforms: bool) -> None:
         await runner.cleanup()
 
 
+class Supervisor:
+    """Keeps N worker processes running; a worker that dies is started again."""
+
+    def __init__(self, argv: list[str], count: int) -> None:
+        self.argv = argv
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.stopping = False
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen(self.argv)
+
+    async def watch(self) -> None:
+        while not self.stopping:
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None and not self.stopping:
+                    logging.getLogger("kefu.supervisor").warning(
+                        "worker %d (pid %d) exited with %s; starting it again", i, proc.pid, proc.returncode)
+                    await asyncio.sleep(0.5)
+                    self._spawn(i)
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 20
+        for proc in self.procs:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+async def run_with_workers(settings: Any, role: str, workers: int, worker_argv: list[str]) -> None:
+    sup = Supervisor(worker_argv, workers)
+    sup.start()
+    watcher = asyncio.create_task(sup.watch())
+    try:
+        await serve(settings, platforms=True, role=role)
+    finally:
+        watcher.cancel()
+        sup.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    workers = getattr(args, "workers", 0) or 0
+    if workers and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Metrics of all processes add up at the web process's /metrics.
+        data = args.data_dir or Path(os.environ.get("KEFU_DATA_DIR", "kefu-data"))
+        mdir = Path(data) / "metrics"
+        shutil.rmtree(mdir, ignore_errors=True)
+        mdir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir)
+
+    from bots.app import RoleError
+    from bots.settings import SettingsError, load_settings
+    from handlers.wording import TemplateProblem
+
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    if args.command == "worker" and args.port is None:
+        overrides["port"] = 0
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+        settings = load_settings(args.config, **overrides)
     except SettingsError as exc:
         print(f"kefu: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    role = {"demo": "all", "worker": "worker"}.get(args.command) or args.role or ("web" if workers else "all")
+    setup_logging(settings.log_level, "" if role == "all" else f"{role}[{os.getpid()}] ")
+    if (workers or role != "all") and not settings.redis_url:
+        print("kefu: several processes need a shared store: set KEFU_REDIS_URL (e.g. redis://127.0.0.1:6379/0)",
+              file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve(settings, platforms=args.command == "run"))
-    except TemplateProblem as exc:
+        if workers:
+            worker_argv = [sys.executable, "-m", "bots.cli", "worker", "--port", "0"]
+            if args.data_dir:
+                worker_argv += ["--data-dir", str(args.data_dir)]
+            if args.config:
+                worker_argv += ["--config", str(args.config)]
+            asyncio.run(run_with_workers(settings, role, workers, worker_argv))
+        else:
+            asyncio.run(serve(settings, platforms=args.command != "demo", role=role))
+    except (TemplateProblem, RoleError) as exc:
         print(f"kefu: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from itertools import groupby
 from typing import Any, Awaitable, Callable
 
 from pydantic import TypeAdapter
 
+from bots import metrics
 from bots.base import BuyerChannel, Desk, SendError
 from handlers.cards import build_card
 from handlers.context import Context
 from handlers.model import Action, Case, DeskAction, Reply, SendFailed
 from state.keys import split_session_key
-from state.protocol import OutboxRow, Store
+from state.protocol import LockTimeout, OutboxRow, Store
+from state.tasks import Stopper, stop_if_cancelled
 
 log = logging.getLogger("kefu.dispatch")
 _ACTION = TypeAdapter(Action)
@@ -45,63 +46,63 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self.report_failure: HandleEvent | None = None  # set to engine.handle by the app
-        # Weak: a target's lock lives while someone sends to it, then goes.
-        self._target_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopper = Stopper()
 
     # --- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kefu-dispatcher")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self._wake.set()
+        await self._stopper.finish([self._task])
+        self._task = None
 
     def kick(self) -> None:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopper.stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopper.stopping:
+                return
             try:
                 rows = await self.store.pending_outbox(due_before=time.time(), limit=500)
                 targets = list(dict.fromkeys(r.target for r in rows))
-                await asyncio.gather(*(self.flush_target(t) for t in targets))
+                # Another process may be sending to a target right now: skip it, it is in hand.
+                await asyncio.gather(*(self.flush_target(t, wait=0) for t in targets))
             except asyncio.CancelledError:
                 raise
             except Exception:
+                stop_if_cancelled()
                 log.exception("dispatcher pass failed")
-                await asyncio.sleep(self.poll_interval)
+                await self._stopper.sleep(self.poll_interval)
 
     # --- sending ------------------------------------------------------------------
     async def flush(self, targets: list[str]) -> None:
         """Send what is pending for these targets now (called right after a commit)."""
         await asyncio.gather(*(self.flush_target(t) for t in targets))
 
-    async def flush_target(self, target: str) -> None:
-        lock = self._target_locks.get(target)
-        if lock is None:
-            lock = self._target_locks[target] = asyncio.Lock()
-        async with lock:
-            rows = await self.store.pending_outbox(target=target, limit=200)
-            now = time.time()
-            # One turn's items for one target go out together (and stay in order).
-            for _, group in groupby(rows, key=lambda r: r.turn):
-                batch = list(group)
-                if batch[0].next_at > now:
-                    break  # backing off: later items must wait, or order breaks
-                if not await self._send(target, batch):
-                    break
+    async def flush_target(self, target: str, wait: float = 10.0) -> None:
+        """Send a target's pending items in order; one process at a time per target."""
+        try:
+            async with self.store.lock(f"send|{target}", timeout=wait):
+                rows = await self.store.pending_outbox(target=target, limit=200)
+                now = time.time()
+                # One turn's items for one target go out together (and stay in order).
+                for _, group in groupby(rows, key=lambda r: r.turn):
+                    batch = list(group)
+                    if batch[0].next_at > now:
+                        break  # backing off: later items must wait, or order breaks
+                    if not await self._send(target, batch):
+                        break
+        except LockTimeout:
+            self._schedule_wake(self.poll_interval)  # the holder sends; look again soon
 
     async def _send(self, target: str, batch: list[OutboxRow]) -> bool:
         ids = [r.id for r in batch]
@@ -114,10 +115,15 @@ class Dispatcher:
         except SendError as exc:
             return await self._failed(target, batch, str(exc), exc.retry_after, exc.permanent)
         except Exception as exc:  # a bug or a network error: retry, never lose
+            stop_if_cancelled()
             log.warning("send to %s failed: %s", target.split("|")[0], exc.__class__.__name__,
                         extra={"session": target, "message_id": batch[0].turn})
             return await self._failed(target, batch, f"{exc.__class__.__name__}: {exc}", None, False)
         await self.store.outbox_done(ids)
+        if target.startswith("buyer|"):
+            metrics.REPLIES_OUT.labels(split_session_key(target.split("|", 1)[1])[0]).inc(len(batch))
+        else:
+            metrics.DESK_OUT.labels(batch[0].action.get("desk", "")).inc(len(batch))
         return True
 
     async def _send_buyer(self, session: str, replies: list[Reply]) -> None:
@@ -140,7 +146,9 @@ class Dispatcher:
     ) -> bool:
         ids = [r.id for r in batch]
         attempts = batch[0].attempts + 1
+        kind = target.split("|", 1)[0]
         if permanent or attempts >= self.max_attempts:
+            metrics.SEND_FAILURES.labels(kind).inc(len(batch))
             await self.store.outbox_fail(ids, error)
             log.error("gave up sending after %d attempts", attempts, extra={"session": target, "message_id": batch[0].turn})
             if target.startswith("buyer|") and self.report_failure is not None:
@@ -150,6 +158,7 @@ class Dispatcher:
                     case_id=getattr(reply, "case_id", None), text=getattr(reply, "text", ""), error=error,
                 ))
             return True  # the next item may go: a failed one is on the case for agents
+        metrics.SEND_RETRIES.labels(kind).inc(len(batch))
         delay = retry_after if retry_after is not None else backoff(attempts - 1)
         log.info("send postponed %.1f s (attempt %d): %s", delay, attempts, error[:120],
                  extra={"session": target, "message_id": batch[0].turn})

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Awaitable, Callable
 
 from state.protocol import IngressRow, Store
+from state.tasks import stop_if_cancelled
 
 log = logging.getLogger("kefu.ingress")
 
@@ -36,23 +37,37 @@ class IngressWorker:
         self._sem = asyncio.Semaphore(parallel_lanes)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._busy_lanes: set[str] = set()
         self._lane_tasks: set[asyncio.Task[None]] = set()
+
 
     def kick(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
+        try:
+            await self._pass()  # take partitions (and leftovers) now, not after the first idle wait
+        except Exception as exc:
+            log.warning("first %s ingress pass failed: %s", self.source, exc.__class__.__name__)
         self._task = asyncio.create_task(self._run(), name=f"kefu-ingress-{self.source}")
 
     async def stop(self) -> None:
+        # Ask the loop to end at its next wake-up rather than cancelling it inside a wait.
+        self._stopping = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for t in list(self._lane_tasks):
-            t.cancel()
-        await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+        if self._lane_tasks:  # let turns in progress finish; a stuck one is cancelled
+            _, late = await asyncio.wait(set(self._lane_tasks), timeout=5)
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until nothing is pending or being handled (for tests and shutdown)."""
@@ -63,18 +78,37 @@ class IngressWorker:
             self.kick()
             await asyncio.sleep(0.02)
 
+    async def _wait(self) -> None:
+        """Until new rows may be there (the store says so, e.g. a blocking stream read)
+        or something here asks for another pass (a lane finished, an album got quiet)."""
+        store_wait = asyncio.ensure_future(self.store.ingress_wait(self.source, self.poll_interval))
+        kick_wait = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({store_wait, kick_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (store_wait, kick_wait):
+                t.cancel()  # both are local waits: cheap to drop
+            await asyncio.gather(store_wait, kick_wait, return_exceptions=True)
+        self._wake.clear()
+
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+                await self._wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is unreachable: wait and try again
+                stop_if_cancelled()
+                log.warning("waiting for %s ingress failed: %s", self.source, exc.__class__.__name__)
+                await asyncio.sleep(self.poll_interval)
+            if self._stopping:
+                return
             try:
                 await self._pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                stop_if_cancelled()
                 log.exception("ingress pass failed")
 
     async def _pass(self) -> None:
@@ -119,6 +153,7 @@ class IngressWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            stop_if_cancelled()
             attempts = batch[0].attempts + 1
             log.warning("handling %s failed (attempt %d): %s", self.source, attempts, exc.__class__.__name__,
                         extra={"session": batch[0].lane, "message_id": batch[0].key}, exc_info=True)

@@ -1,5 +1,5 @@
 """The two web pages (buyer chat at `/`, agents' desk at `/desk`), their static files,
-signed media downloads and the health check."""
+signed media downloads."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ class Pages:
             web.get("/desk", self.desk),
             web.get("/static/{name}", self.static),
             web.get("/media/{media_id}", self.media),
-            web.get("/healthz", self.health),
         ]
 
     def _ui(self, locale: str) -> dict[str, str]:
@@ -70,6 +69,3 @@ class Pages:
         body = await self.kefu.media.read(media_id)
         return web.Response(body=body, content_type=self.kefu.media.content_type(media_id),
                             headers={"Cache-Control": "private, max-age=86400"})
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})

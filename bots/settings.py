@@ -28,7 +28,11 @@ class Settings(BaseSettings, ShopConfig):
     data_dir: Path = Path("kefu-data")
     templates_dir: Path | None = None
     public_url: str = ""  # how buyers and agents reach this server (printed, used in links)
-    desk_token: SecretStr | None = None  # generated and kept in the data dir when unset
+    desk_token: SecretStr | None = None  # generated and kept in the store when unset
+    admin_token: SecretStr | None = None  # for /api/admin; generated and kept when unset
+    redis_url: str = ""  # set: Redis store (several processes); unset: embedded SQLite in data_dir
+    redis_namespace: str = "kefu"
+    ingress_partitions: int = 16  # lanes hash to partitions; one process handles a partition at a time
     max_photo_mb: float = 10.0
     log_level: str = "INFO"
     send_max_attempts: int = 8
@@ -57,7 +61,7 @@ class Settings(BaseSettings, ShopConfig):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
-    @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", mode="before")
+    @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", "admin_token", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

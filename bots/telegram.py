@@ -56,6 +56,7 @@ from telegram.error import (  # noqa: E402
 )
 from telegram.ext import AIORateLimiter, ExtBot  # noqa: E402
 
+from bots import metrics
 from bots.base import SendError
 from bots.http import BadRequest as HttpBadRequest
 from bots.http import error, json_response, read_json
@@ -68,7 +69,8 @@ from handlers.model import AgentCommand, Buyer, BuyerMessage, Channel, DeskActio
 from handlers.privacy import mask
 from state.keys import platform_key
 from state.media import MediaStore, NotAnImage
-from state.protocol import IngressRow
+from state.protocol import IngressRow, LockTimeout
+from state.tasks import Stopper, stop_if_cancelled
 
 log = logging.getLogger("kefu.telegram")
 # A 429 is ours to handle (the dispatcher retries after retry_after); PTB would log it as an error.
@@ -134,13 +136,18 @@ class Telegram:
         self.me: User | None = None
         self.forum = False
         self._poller: asyncio.Task[None] | None = None
+        self._stopper = Stopper()
         self._chat_limits: dict[int, AsyncLimiter] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         return [web.post(WEBHOOK_PATH, self.webhook)] if self.cfg.webhook_url else []
 
-    async def start(self) -> None:
+    async def start(self, ingress: bool = True, handle: bool = True) -> None:
+        """ingress: receive updates (poll, or register the webhook); handle: run the ingress worker.
+
+        Every process can send; with several processes only web processes take updates in and
+        only worker processes handle them."""
         await self.bot.initialize()
         self.me = self.bot.bot  # getMe, done by initialize()
         if self.cfg.desk_chat is not None:
@@ -149,25 +156,22 @@ class Telegram:
                 self.forum = bool(chat.is_forum)
             except TelegramError as exc:
                 log.error("cannot read the desk chat %s: %s", self.cfg.desk_chat, exc)
-        if self.cfg.webhook_url:
-            if not self.secret:
-                # Never run an open webhook: keep one generated secret in the store.
-                self.secret = await self.store.set_meta_if_absent(self._key("webhook_secret"),
-                                                                  secrets.token_urlsafe(32))
+        if self.cfg.webhook_url and not self.secret:
+            # Never run an open webhook: keep one generated secret in the store.
+            self.secret = await self.store.set_meta_if_absent(self._key("webhook_secret"), secrets.token_urlsafe(32))
+        if ingress and self.cfg.webhook_url:
             await self.bot.set_webhook(self.cfg.webhook_url, secret_token=self.secret,
                                        allowed_updates=ALLOWED_UPDATES)
-        else:
-            await self.bot.delete_webhook()
-            self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
-        await self.worker.start()
+        elif ingress:
+            self._poller = asyncio.create_task(self._poll_as_leader(), name="kefu-telegram-poll")
+        if handle:
+            await self.worker.start()
         log.info("telegram bot @%s started (%s mode, desk %s%s)", self.me.username if self.me else "?",
                  "webhook" if self.cfg.webhook_url else "polling", self.cfg.desk_chat,
                  ", forum topics" if self.forum else "")
 
     async def stop(self) -> None:
-        if self._poller:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+        await self._stopper.finish([self._poller], timeout=2)
         await self.worker.stop()
         await self.bot.shutdown()
 
@@ -197,16 +201,33 @@ class Telegram:
         grp = msg.get("media_group_id") if "message" in update else None
         new = await self.store.ingress_push(self.worker.source, f"{self.bot_id}:{update['update_id']}", lane,
                                             update, grp=f"{chat_id}:{grp}" if grp else None)
+        metrics.EVENTS_IN.labels("telegram").inc()
         if new:
             self.worker.kick()
         else:
             log.info("telegram update handled before", extra={"session": lane, "message_id": update["update_id"]})
         return new
 
+    async def _poll_as_leader(self) -> None:
+        """Telegram allows one getUpdates at a time: the process holding the lock polls."""
+        while not self._stopper.stopping:
+            try:
+                async with self.store.lock(self._key("poller"), timeout=0):
+                    await self._quietly(self.bot.delete_webhook())
+                    await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except LockTimeout:
+                await self._stopper.sleep(5)  # another process polls; be ready to take over
+            except Exception:
+                stop_if_cancelled()
+                log.exception("telegram polling stopped; restarting")
+                await self._stopper.sleep(2)
+
     async def _poll(self) -> None:
         offset = int(await self.store.get_meta(self._key("offset")) or 0)
         failures = 0
-        while True:
+        while not self._stopper.stopping:
             try:
                 updates = await self.bot.get_updates(offset=offset or None, timeout=self.cfg.poll_timeout,
                                                      allowed_updates=ALLOWED_UPDATES)
@@ -214,16 +235,17 @@ class Telegram:
             except asyncio.CancelledError:
                 raise
             except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc))
+                await self._stopper.sleep(_seconds(exc))
                 continue
             except Conflict:
                 log.warning("a webhook is set; polling removes it")
                 await self._quietly(self.bot.delete_webhook())
                 continue
             except (TimedOut, NetworkError, TelegramError) as exc:
+                stop_if_cancelled()
                 failures += 1
                 log.warning("getUpdates failed (%s); retrying", exc.__class__.__name__)
-                await asyncio.sleep(min(2 ** failures, 30))
+                await self._stopper.sleep(min(2 ** failures, 30))
                 continue
             for u in updates:
                 await self.push(u.to_dict())

@@ -12,15 +12,17 @@ from typing import Any
 
 from aiohttp import web
 
+from bots import metrics
 from bots.http import (
     CLIENT_MSG_ID, VISITOR, BadRequest, MediaSigner, Upload, error, json_response, read_form, read_json,
 )
 from handlers.cards import iso
 from handlers.engine import Engine
+from bots.ingress import IngressWorker
 from handlers.model import Buyer, BuyerMessage, Channel, FileInfo, Media, Reply
 from state.keys import session_key
 from state.media import MediaStore, NotAnImage
-from state.protocol import Store
+from state.protocol import IngressRow, Store
 
 log = logging.getLogger("kefu.webchat")
 
@@ -34,13 +36,25 @@ class WebChat:
     platform = PLATFORM
     max_text = MAX_TEXT
 
-    def __init__(self, store: Store, media: MediaStore, signer: MediaSigner, max_photo_bytes: int, bot: str = "web") -> None:
+    def __init__(
+        self, store: Store, media: MediaStore, signer: MediaSigner, max_photo_bytes: int, bot: str = "web",
+        queued: bool = False,
+    ) -> None:
         self.store = store
         self.media = media
         self.signer = signer
         self.max_photo_bytes = max_photo_bytes
         self.bot = bot
         self.engine: Engine | None = None  # set by the app (the engine needs the dispatcher first)
+        # Queued (several processes): a message is stored, acknowledged, and handled by a worker.
+        # Inline (one process, embedded store): handled before the answer, replies readable at once.
+        self.queued = queued
+        self.worker = IngressWorker(store, "webchat", self._handle_rows, group_window=0)
+
+    async def _handle_rows(self, rows: list[IngressRow]) -> None:
+        assert self.engine is not None
+        for row in rows:
+            await self.engine.handle(BuyerMessage.model_validate(row.payload))
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -117,8 +131,14 @@ class WebChat:
             buyer=Buyer(id=visitor, name=(name or "").strip()),
             at=time.time(), text=text, payload=payload or None, photos=photos, files=files,
         )
-        outcome = await self.engine.handle(event)
-        body: dict[str, Any] = {"ok": True, "duplicate": outcome.duplicate}
+        metrics.EVENTS_IN.labels("webchat").inc()
+        if self.queued:
+            new = await self.store.ingress_push("webchat", event.message_id, self.box(visitor),
+                                                event.model_dump(mode="json"))
+            duplicate = not new
+        else:
+            duplicate = (await self.engine.handle(event)).duplicate
+        body: dict[str, Any] = {"ok": True, "duplicate": duplicate}
         if photo_url:
             body["photo_url"] = photo_url
         if files:

@@ -7,6 +7,7 @@ dedupe -> per-session lock -> load state -> handler -> save state + transcript
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Awaitable, Callable, Iterable
 
@@ -20,6 +21,7 @@ from state.protocol import CaseRow, OutboxItem, Turn
 log = logging.getLogger("kefu.engine")
 
 OnCommit = Callable[[list[str]], Awaitable[None]]
+OnHandled = Callable[[str, float], None]
 
 
 def dedupe_key(event: Event) -> str:
@@ -36,11 +38,15 @@ def reply_session(reply: Reply) -> str:
 
 
 class Engine:
-    def __init__(self, ctx: Context, desks: Iterable[str] = ("web",), on_commit: OnCommit | None = None) -> None:
+    def __init__(
+        self, ctx: Context, desks: Iterable[str] = ("web",), on_commit: OnCommit | None = None,
+        on_handled: OnHandled | None = None,
+    ) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.desks = tuple(desks)
         self.on_commit = on_commit
+        self.on_handled = on_handled  # (event type, seconds): metrics
 
     async def _session_for(self, event: Event) -> str:
         if isinstance(event, BuyerMessage):
@@ -52,6 +58,7 @@ class Engine:
         return event.session
 
     async def handle(self, event: Event) -> Outcome:
+        started = time.perf_counter()
         key = dedupe_key(event)
         if await self.store.is_seen(key):
             log.info("duplicate message dropped", extra={"session": "", "message_id": key})
@@ -72,6 +79,8 @@ class Engine:
             committed = await self.store.commit(turn)
         if not committed:
             return Outcome(conversation=None, duplicate=True)
+        if self.on_handled:
+            self.on_handled(event.type, time.perf_counter() - started)
         log.info(
             "handled %s: %d actions%s", event.type, len(outcome.actions),
             f", error {outcome.error}" if outcome.error else "",

@@ -31,6 +31,16 @@ def build_router(wording: Wording, cfg: ShopConfig) -> Router:
     return Router(router_entries(wording), answer_score=cfg.faq_answer_score, clarify_score=cfg.faq_clarify_score)
 
 
-def build_context(cfg: ShopConfig, store: Store, templates: Path | str | None = None) -> Context:
-    wording = Wording(Path(templates) if templates else DEFAULT_TEMPLATES, default_locale="zh-CN")
+def build_context(
+    cfg: ShopConfig, store: Store, templates: Path | str | None = None, overrides: dict[str, str] | None = None
+) -> Context:
+    wording = Wording(Path(templates) if templates else DEFAULT_TEMPLATES, default_locale="zh-CN",
+                      overrides=dict(overrides or {}))
     return Context(cfg=cfg, wording=wording, router=build_router(wording, cfg), store=store)
+
+
+def reload_wording(ctx: Context, overrides: dict[str, str]) -> None:
+    """Swap in wording with these edits (raises TemplateProblem and keeps the old one if broken)."""
+    wording = Wording(ctx.wording.root, default_locale=ctx.wording.default_locale, overrides=dict(overrides))
+    router = build_router(wording, ctx.cfg)
+    ctx.wording, ctx.router = wording, router  # one step each: a turn sees old or new, never half

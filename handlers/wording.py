@@ -96,11 +96,50 @@ class FaqEntry:
     locale: str = DEFAULT_LOCALE
 
 
+def file_sources(root: Path) -> dict[str, tuple[str, str]]:
+    """Every template file under `root`: key -> (where, source).
+
+    Keys: "messages/<locale>/<name>", "labels/<locale>", "faq/<locale>/<id>",
+    "intents/<locale>"; the same keys name edits kept in the store."""
+    out: dict[str, tuple[str, str]] = {}
+    msg_root = root / "messages"
+    if msg_root.is_dir():
+        for loc_dir in sorted(p for p in msg_root.iterdir() if p.is_dir()):
+            for f in sorted(loc_dir.glob("*.j2")):
+                out[f"messages/{loc_dir.name}/{f.stem}"] = (str(f), f.read_text("utf-8"))
+            labels = loc_dir / "labels.yaml"
+            if labels.exists():
+                out[f"labels/{loc_dir.name}"] = (str(labels), labels.read_text("utf-8"))
+    faq_root = root / "faq"
+    if faq_root.is_dir():
+        for loc_dir in sorted(p for p in faq_root.iterdir() if p.is_dir()):
+            for f in sorted(loc_dir.glob("*.yaml")):
+                out[f"faq/{loc_dir.name}/{f.stem}"] = (str(f), f.read_text("utf-8"))
+    intent_root = root / "intents"
+    if intent_root.is_dir():
+        for f in sorted(intent_root.glob("*.yaml")):
+            out[f"intents/{f.stem}"] = (str(f), f.read_text("utf-8"))
+    return out
+
+
+_KEY = re.compile(r"^(?:messages/[A-Za-z\-]{2,10}/[a-z0-9_]{1,64}|labels/[A-Za-z\-]{2,10}|"
+                  r"faq/[A-Za-z\-]{2,10}/[a-z0-9_]{2,40}|intents/[A-Za-z\-]{2,10})$")
+
+
+def valid_key(key: str) -> bool:
+    return bool(_KEY.match(key))
+
+
 @dataclass
 class Wording:
+    """All wording, from the files under `root` with `overrides` (edits kept in the
+    store, same keys as file_sources; an empty source removes an entry) on top."""
+
     root: Path
     default_locale: str = DEFAULT_LOCALE
+    overrides: dict[str, str] = field(default_factory=dict)
     env: SandboxedEnvironment = field(init=False)
+    sources: dict[str, str] = field(init=False, default_factory=dict)  # key -> source in force
     messages: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)  # locale -> name -> Template
     labels: dict[str, dict[str, dict[str, str]]] = field(init=False, default_factory=dict)
     faqs: dict[str, dict[str, FaqEntry]] = field(init=False, default_factory=dict)
@@ -118,47 +157,53 @@ class Wording:
     # --- loading ------------------------------------------------------------------
     def load(self) -> None:
         problems: list[str] = []
-        msg_root, faq_root, intent_root = self.root / "messages", self.root / "faq", self.root / "intents"
-        if not msg_root.is_dir():
-            raise TemplateProblem([f"{msg_root}: templates directory not found"])
-        for loc_dir in sorted(p for p in msg_root.iterdir() if p.is_dir()):
-            loc = loc_dir.name
-            self.messages[loc] = {}
-            for f in sorted(loc_dir.glob("*.j2")):
-                tpl = self._compile(f, f.read_text("utf-8"), problems)
+        if not (self.root / "messages").is_dir():
+            raise TemplateProblem([f"{self.root / 'messages'}: templates directory not found"])
+        merged = file_sources(self.root)
+        for key, source in self.overrides.items():
+            if not valid_key(key):
+                problems.append(f"{key}: not a template name")
+            elif source.strip():
+                merged[key] = (f"{key} (edited)", source)
+            else:
+                merged.pop(key, None)  # removed by an admin
+        self.sources = {k: src for k, (_, src) in merged.items()}
+        for key, (where, source) in merged.items():
+            kind, _, rest = key.partition("/")
+            loc, _, name = rest.partition("/")
+            if kind == "messages":
+                tpl = self._compile(where, source, problems)
+                self.messages.setdefault(loc, {})
                 if tpl is not None:
-                    self.messages[loc][f.stem] = tpl
-            labels_file = loc_dir / "labels.yaml"
-            if labels_file.exists():
-                data = self._yaml(labels_file, problems)
+                    self.messages[loc][name] = tpl
+            elif kind == "labels":
+                data = self._yaml(where, source, problems)
                 if isinstance(data, dict):
                     self.labels[loc] = {str(k): {str(a): str(b) for a, b in (v or {}).items()} for k, v in data.items()}
-        if self.default_locale not in self.messages:
-            problems.append(f"{msg_root / self.default_locale}: default locale has no messages")
-        if faq_root.is_dir():
-            for loc_dir in sorted(p for p in faq_root.iterdir() if p.is_dir()):
-                self.faqs[loc_dir.name] = {}
-                for f in sorted(loc_dir.glob("*.yaml")):
-                    entry = self._faq(f, loc_dir.name, problems)
-                    if entry is not None:
-                        self.faqs[loc_dir.name][entry.id] = entry
-        if intent_root.is_dir():
-            for f in sorted(intent_root.glob("*.yaml")):
-                data = self._yaml(f, problems)
+                elif data is not None:
+                    problems.append(f"{where}: expected a mapping of label groups")
+            elif kind == "faq":
+                entry = self._faq(where, name, loc, source, problems)
+                if entry is not None:
+                    self.faqs.setdefault(loc, {})[entry.id] = entry
+            elif kind == "intents":
+                data = self._yaml(where, source, problems)
                 if not isinstance(data, dict):
-                    problems.append(f"{f}: expected a mapping with 'intents' and 'replies'")
+                    problems.append(f"{where}: expected a mapping with 'intents' and 'replies'")
                     continue
-                self.intents[f.stem] = {str(k): [str(x) for x in v or []] for k, v in (data.get("intents") or {}).items()}
-                self.replies[f.stem] = {str(k): [str(x) for x in v or []] for k, v in (data.get("replies") or {}).items()}
+                self.intents[loc] = {str(k): [str(x) for x in v or []] for k, v in (data.get("intents") or {}).items()}
+                self.replies[loc] = {str(k): [str(x) for x in v or []] for k, v in (data.get("replies") or {}).items()}
+        if self.default_locale not in self.messages:
+            problems.append(f"messages/{self.default_locale}: default locale has no messages")
         for loc, names in self.messages.items():
             for name, tpl in names.items():
-                self._check_render(f"{msg_root / loc / name}.j2", tpl, problems)
+                self._check_render(merged[f"messages/{loc}/{name}"][0], tpl, problems)
         for (loc, fid), tpl in self._faq_templates.items():
-            self._check_render(f"{faq_root / loc / fid}.yaml (answer)", tpl, problems)
+            self._check_render(f"{merged[f'faq/{loc}/{fid}'][0]} (answer)", tpl, problems)
         if problems:
             raise TemplateProblem(problems)
 
-    def _compile(self, where: Path | str, source: str, problems: list[str]) -> Any:
+    def _compile(self, where: str, source: str, problems: list[str]) -> Any:
         try:
             return self.env.from_string(source)
         except TemplateSyntaxError as exc:
@@ -176,38 +221,38 @@ class Wording:
             problems.append(f"{where}: {exc.__class__.__name__}: {exc}")
 
     @staticmethod
-    def _yaml(path: Path, problems: list[str]) -> Any:
+    def _yaml(where: str, source: str, problems: list[str]) -> Any:
         try:
-            return yaml.safe_load(path.read_text("utf-8"))
+            return yaml.safe_load(source)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
-            problems.append(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})")
+            problems.append(f"{where}{line}: invalid YAML ({getattr(exc, 'problem', exc)})")
             return None
 
-    def _faq(self, path: Path, locale: str, problems: list[str]) -> FaqEntry | None:
-        data = self._yaml(path, problems)
+    def _faq(self, where: str, name: str, locale: str, source: str, problems: list[str]) -> FaqEntry | None:
+        data = self._yaml(where, source, problems)
         if data is None:
             return None
         if not isinstance(data, dict):
-            problems.append(f"{path}: expected a mapping with id, title, questions, answer")
+            problems.append(f"{where}: expected a mapping with id, title, questions, answer")
             return None
         missing = [k for k in ("id", "title", "questions", "answer") if not data.get(k)]
         if missing:
-            problems.append(f"{path}: missing {', '.join(missing)}")
+            problems.append(f"{where}: missing {', '.join(missing)}")
             return None
         fid = str(data["id"])
         if not _ID.match(fid):
-            problems.append(f"{path}: id {fid!r} must be 2-40 of a-z, 0-9, _")
+            problems.append(f"{where}: id {fid!r} must be 2-40 of a-z, 0-9, _")
             return None
-        if fid != path.stem:
-            problems.append(f"{path}: id {fid!r} must match the file name")
+        if fid != name:
+            problems.append(f"{where}: id {fid!r} must match the file name")
             return None
         questions = data["questions"]
         if not isinstance(questions, list) or not all(isinstance(q, (str, int)) for q in questions):
-            problems.append(f"{path}: questions must be a list of example questions")
+            problems.append(f"{where}: questions must be a list of example questions")
             return None
-        tpl = self._compile(f"{path} (answer)", str(data["answer"]), problems)
+        tpl = self._compile(f"{where} (answer)", str(data["answer"]), problems)
         if tpl is None:
             return None
         self._faq_templates[(locale, fid)] = tpl

@@ -80,13 +80,23 @@ class Turn:
     turn_id: str = field(default="")
 
 
+class LockTimeout(TimeoutError):
+    """A lock could not be taken in the time allowed."""
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> bool:
+        """Is the store reachable (readiness)?"""
+        ...
+
     # --- per-session lock and dedupe -------------------------------------
-    def lock(self, session: str) -> AbstractAsyncContextManager[None]: ...
+    def lock(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        """Exclusive across every process using the store; LockTimeout after `timeout` seconds."""
+        ...
 
     async def is_seen(self, message_id: str) -> bool: ...
 
@@ -132,7 +142,14 @@ class Store(Protocol):
         ...
 
     async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
-        """Rows not yet handled (including those backing off), oldest first."""
+        """Rows this process should handle (including those backing off), oldest first.
+
+        With several processes each row is offered to one process at a time, and all
+        rows of one lane to the same process, so a lane is handled in order."""
+        ...
+
+    async def ingress_wait(self, source: str, timeout: float) -> None:
+        """Return when new rows may be pending, or after `timeout` seconds."""
         ...
 
     async def ingress_done(self, ids: list[int]) -> None: ...
@@ -167,6 +184,23 @@ class Store(Protocol):
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         """Store `value` unless a value exists; return the stored value."""
+        ...
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Work not yet done: {"ingress:<source>": n, ..., "outbox": n} (for metrics)."""
+        ...
+
+    # --- content edited at run time (templates, FAQ entries) ---------------------
+    async def config_version(self) -> int:
+        """Bumped on every content change; processes reload when it moves."""
+        ...
+
+    async def template_overrides(self) -> dict[str, str]:
+        """key ("messages/zh-CN/greeting", "faq/en/invoice") -> source, as edited."""
+        ...
+
+    async def put_template(self, key: str, source: str | None) -> int:
+        """Store (or with None, drop) an edited template; returns the new config version."""
         ...
 
     async def expire(self, now: float | None = None) -> None:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from state.protocol import CaseRow, IngressRow, OutboxRow, Turn
+from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, Turn
 
 T = TypeVar("T")
 
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS mailbox (
 CREATE INDEX IF NOT EXISTS mailbox_box ON mailbox(box, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (key TEXT PRIMARY KEY, source TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS ingress (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
     lane TEXT NOT NULL, grp TEXT, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -74,6 +75,7 @@ class SQLiteStore:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._closing = False
+        self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     # --- plumbing -------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -104,13 +106,32 @@ class SQLiteStore:
         self._executor.shutdown(wait=True)
 
     # --- lock and dedupe --------------------------------------------------------
+    async def ping(self) -> bool:
+        def q(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1").fetchone() == (1,)
+
+        return await self._run(q)
+
     @asynccontextmanager
-    async def lock(self, session: str) -> AsyncIterator[None]:
-        lock = self._locks.get(session)
+    async def lock(self, name: str, timeout: float | None = None) -> AsyncIterator[None]:
+        lock = self._locks.get(name)
         if lock is None:
-            lock = self._locks[session] = asyncio.Lock()
-        async with lock:
+            lock = self._locks[name] = asyncio.Lock()
+        if timeout is None:
+            await lock.acquire()
+        elif timeout <= 0:
+            if lock.locked():
+                raise LockTimeout(name)
+            await lock.acquire()
+        else:
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise LockTimeout(name) from None
+        try:
             yield
+        finally:
+            lock.release()
 
     async def is_seen(self, message_id: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
@@ -292,7 +313,18 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(tx)
+        new = await self._run(tx)
+        if new:
+            self._ingress_events[source].set()
+        return new
+
+    async def ingress_wait(self, source: str, timeout: float) -> None:
+        event = self._ingress_events[source]
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        event.clear()
 
     async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
         def q(db: sqlite3.Connection) -> list[IngressRow]:
@@ -420,6 +452,46 @@ class SQLiteStore:
             return db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]
 
         return await self._run(tx)
+
+    # --- edited content ---------------------------------------------------------------------
+    async def config_version(self) -> int:
+        return int(await self.get_meta("config_version") or 0)
+
+    async def template_overrides(self) -> dict[str, str]:
+        def q(db: sqlite3.Connection) -> dict[str, str]:
+            return {k: v for k, v in db.execute("SELECT key, source FROM templates").fetchall()}
+
+        return await self._run(q)
+
+    async def put_template(self, key: str, source: str | None) -> int:
+        now = time.time()
+
+        def tx(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if source is None:
+                    db.execute("DELETE FROM templates WHERE key=?", (key,))
+                else:
+                    db.execute("INSERT INTO templates(key, source, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                               "DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at", (key, source, now))
+                row = db.execute("INSERT INTO meta(key, value) VALUES ('config_version', '1') ON CONFLICT(key) "
+                                 "DO UPDATE SET value=CAST(value AS INTEGER)+1 RETURNING value").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(row[0])
+
+        return await self._run(tx)
+
+    async def queue_depths(self) -> dict[str, int]:
+        def q(db: sqlite3.Connection) -> dict[str, int]:
+            out = {f"ingress:{src}": n for src, n in db.execute(
+                "SELECT source, COUNT(*) FROM ingress WHERE status='pending' GROUP BY source").fetchall()}
+            out["outbox"] = db.execute("SELECT COUNT(*) FROM outbox WHERE status='pending'").fetchone()[0]
+            return out
+
+        return await self._run(q)
 
     # --- housekeeping --------------------------------------------------------------------
     async def expire(self, now: float | None = None) -> None:

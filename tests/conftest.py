@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -14,7 +16,8 @@ from handlers.context import Context
 from handlers.engine import Engine
 from handlers.setup import build_context
 from state.sqlite import SQLiteStore
-from tests.support import TOKEN
+from state.redis import RedisStore
+from tests.support import REDIS_URL, TOKEN
 
 ALWAYS_OPEN = {"hours_open": "00:00", "hours_close": "00:00"}
 
@@ -54,11 +57,29 @@ class Running:
         self.kefu: Kefu = server.app[KEY]
 
 
-@pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    """kefu serving over real HTTP on loopback, embedded store in a temp dir."""
-    server = TestServer(await create_app(make_settings(tmp_path / "data")))
+@pytest.fixture(params=["sqlite", "redis"])
+async def running(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Running]:
+    """kefu serving over real HTTP on loopback: on the embedded store (messages handled
+    before the answer) and on Redis (stored, acknowledged, handled by the ingress worker)."""
+    extra: dict[str, object] = {}
+    if request.param == "redis":
+        extra = {"redis_url": REDIS_URL, "redis_namespace": f"kefu-test-{uuid.uuid4().hex[:8]}",
+                 "ingress_partitions": 4}
+    server = TestServer(await create_app(make_settings(tmp_path / "data", **extra)))
     await server.start_server()
-    async with aiohttp.ClientSession() as http:
-        yield Running(server, http)
-    await server.close()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Running(server, http)
+    finally:
+        kefu = server.app[KEY]
+        closing = asyncio.ensure_future(server.close())
+        done, _ = await asyncio.wait({closing}, timeout=15)
+        if not done:
+            for task in asyncio.all_tasks():
+                print("STUCK TASK", task.get_name())
+                task.print_stack(limit=12)
+            await closing
+        if isinstance(kefu.store, RedisStore):
+            cleanup = RedisStore(REDIS_URL, namespace=kefu.store.ns)
+            await cleanup.drop_namespace()
+            await cleanup.r.aclose()

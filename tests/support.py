@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import os
 import time
 import uuid
 from typing import Any
@@ -17,6 +18,7 @@ from handlers.engine import Engine
 from handlers.model import AgentCommand, Buyer, BuyerMessage, Channel, FileInfo, Media, Reply
 
 ORDER_OK = "3849201756382910475"
+REDIS_URL = os.environ.get("KEFU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TOKEN = "test-desk-token"
 
 

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
-from state.protocol import CaseRow, OutboxItem, Store, Turn
+from state.protocol import CaseRow, LockTimeout, OutboxItem, Store, Turn
+from state.redis import RedisStore
 from state.sqlite import SQLiteStore
+from tests.support import REDIS_URL
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store = SQLiteStore(tmp_path / "contract.db")
-    await store.open()
-    yield store
-    await store.close()
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "contract.db")
+        await store.open()
+        yield store
+        await store.close()
+        return
+    rstore = RedisStore(REDIS_URL, namespace=f"kefu-test-{uuid.uuid4().hex[:8]}", partitions=4)
+    await rstore.open()
+    yield rstore
+    await rstore.drop_namespace()
+    await rstore.close()
 
 
 def turn(mid: str, session: str = "kefu:webchat:web:v1", **kw: object) -> Turn:
@@ -125,10 +135,37 @@ async def test_meta_keeps_the_first_value(any_store: Store) -> None:
     assert await any_store.set_meta_if_absent("k", "two") == "one"
 
 
-async def test_expire_drops_old_dedupe_marks(any_store: Store) -> None:
+async def test_dedupe_marks_expire(any_store: Store) -> None:
     await any_store.commit(turn("old"))
+    if isinstance(any_store, RedisStore):  # Redis expires keys itself: the mark carries a TTL
+        ttl = await any_store.r.ttl(any_store.k("seen", "old"))
+        assert 0 < ttl <= 7 * 24 * 3600
+        return
     await any_store.expire(now=time.time() + 30 * 24 * 3600)
     assert not await any_store.is_seen("old")
+
+
+async def test_a_held_lock_times_out_for_others(any_store: Store) -> None:
+    async with any_store.lock("x"):
+        with pytest.raises(LockTimeout):
+            async with any_store.lock("x", timeout=0.1):
+                pass
+    async with any_store.lock("x", timeout=1.0):
+        pass
+
+
+async def test_edited_templates_and_the_config_version(any_store: Store) -> None:
+    assert await any_store.config_version() == 0 and await any_store.template_overrides() == {}
+    v1 = await any_store.put_template("faq/zh-CN/invoice", "id: invoice")
+    v2 = await any_store.put_template("messages/en/greeting", "Hi")
+    assert v2 > v1 >= 1 and await any_store.config_version() == v2
+    assert await any_store.template_overrides() == {"faq/zh-CN/invoice": "id: invoice", "messages/en/greeting": "Hi"}
+    await any_store.put_template("messages/en/greeting", None)
+    assert list(await any_store.template_overrides()) == ["faq/zh-CN/invoice"]
+
+
+async def test_ping(any_store: Store) -> None:
+    assert await any_store.ping() is True
 
 
 async def test_data_survives_reopening(tmp_path: Path) -> None:

@@ -280,7 +280,12 @@ async def test_pages_are_served(running: Running) -> None:
     async with running.http.get(running.base + "/static/../app.py") as resp:
         assert resp.status == 404
     async with running.http.get(running.base + "/healthz") as resp:
-        assert (await resp.json()) == {"ok": True}
+        assert (await resp.json()) == {"ok": True, "role": "all"}
+    async with running.http.get(running.base + "/readyz") as resp:
+        assert resp.status == 200 and (await resp.json())["ok"] is True
+    async with running.http.get(running.base + "/metrics") as resp:
+        text = await resp.text()
+        assert resp.status == 200 and "kefu_events_in_total" in text and "kefu_handle_seconds_bucket" in text
 
 
 async def test_an_english_buyer_is_answered_in_english(running: Running) -> None:

@@ -1,0 +1,625 @@
+"""Production store on Redis (redis-py asyncio): many processes, one truth.
+
+- A turn (dedupe mark, conversation, cases and their indexes, transcript lines,
+  outbox items) is written by one Lua script, so it is all-or-nothing and a
+  message id can commit once.
+- Locks are Redis locks with a lease that a background task renews; a killed
+  process frees its locks when the lease runs out.
+- Ingress is one Redis Stream per (source, partition) with a consumer group.
+  A lane (conversation) always hashes to the same partition and a partition is
+  leased to one process at a time, so a lane is handled in order across
+  processes. A process that takes over a partition claims its dead owner's
+  pending entries (XAUTOCLAIM) and handles them again (the engine's dedupe makes
+  that safe).
+- Mailboxes (web chat deliveries, the desk feed) are sorted sets with a global
+  sequence; long polls wake through one pub/sub subscription per process.
+
+Every key starts with the store's namespace (default "kefu").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, AsyncIterator
+
+import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, ResponseError
+
+from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, Turn
+from state.tasks import stop_if_cancelled
+
+log = logging.getLogger("kefu.redis")
+
+SEEN_TTL = 7 * 24 * 3600
+CONVERSATION_TTL = 180 * 24 * 3600
+DONE_OUTBOX_TTL = 24 * 3600
+FAILED_OUTBOX_TTL = 30 * 24 * 3600
+MAILBOX_TTL = 30 * 24 * 3600
+MAILBOX_KEEP = 1000  # items per box; a web chat page never needs more
+LOCK_LEASE = 10.0
+INGRESS_LEASE = 5.0
+CONSUMER_ALIVE = 10.0
+STATUSES = ("open", "taken", "resolved")
+
+_COMMIT = """
+local ns, mid, session, conv, now, turn = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local seen_ttl, conv_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local cases, lines, outbox = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
+if not redis.call('SET', ns..':seen:'..mid, '1', 'NX', 'EX', seen_ttl) then return 0 end
+if conv ~= '' then redis.call('SET', ns..':conv:'..session, conv, 'EX', conv_ttl) end
+for _, c in ipairs(cases) do
+  redis.call('SET', ns..':case:'..c.id, c.doc)
+  redis.call('ZADD', ns..':cases:all', c.created_at, c.id)
+  for _, s in ipairs({'open', 'taken', 'resolved'}) do redis.call('ZREM', ns..':cases:status:'..s, c.id) end
+  redis.call('ZADD', ns..':cases:status:'..c.status, c.created_at, c.id)
+  redis.call('ZADD', ns..':cases:session:'..c.session, c.created_at, c.id)
+end
+for _, e in ipairs(lines) do
+  local seq = redis.call('INCR', ns..':seq:tr')
+  redis.call('ZADD', ns..':tr:'..session, e.at, string.format('%015d', seq)..'|'..e.doc)
+end
+if #lines > 0 then redis.call('EXPIRE', ns..':tr:'..session, conv_ttl) end
+for _, o in ipairs(outbox) do
+  local id = redis.call('INCR', ns..':seq:ob')
+  redis.call('HSET', ns..':ob:'..id, 'target', o.target, 'turn', turn, 'action', o.action,
+             'attempts', 0, 'next_at', now, 'status', 'pending', 'created_at', now)
+  redis.call('ZADD', ns..':ob:pending', id, id)
+  redis.call('ZADD', ns..':ob:due', now, id)
+  redis.call('ZADD', ns..':ob:t:'..o.target, id, id)
+end
+return 1
+"""
+
+_MAILBOX = """
+local ns, box, now, ttl, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local key = ns..':box:'..box
+local seqs = {}
+for i = 6, #ARGV do
+  local seq = redis.call('INCR', ns..':seq:box')
+  redis.call('ZADD', key, seq, seq..'|'..now..'|'..ARGV[i])
+  seqs[#seqs + 1] = seq
+end
+redis.call('EXPIRE', key, ttl)
+local size = redis.call('ZCARD', key)
+if size > keep then redis.call('ZREMRANGEBYRANK', key, 0, size - keep - 1) end
+redis.call('PUBLISH', ns..':boxev', box)
+return seqs
+"""
+
+_INGRESS_PUSH = """
+local seen, stream, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
+if not redis.call('SET', seen, '1', 'NX', 'EX', ttl) then return 0 end
+redis.call('XADD', stream, '*', 'key', ARGV[2], 'lane', ARGV[3], 'grp', ARGV[4], 'payload', ARGV[5], 'at', ARGV[6])
+redis.call('PUBLISH', KEYS[3], ARGV[7])
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def partition_of(lane: str, partitions: int) -> int:
+    return zlib.crc32(lane.encode()) % partitions
+
+
+class RedisStore:
+    def __init__(self, url: str, namespace: str = "kefu", partitions: int = 16, consumer: str | None = None) -> None:
+        self.url = url
+        self.ns = namespace
+        self.partitions = partitions
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Any: redis-py's stubs type replies as bytes|str|list...; with decode_responses they are str.
+        self.r: Any = aioredis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=15, socket_keepalive=True,
+            retry_on_timeout=True, max_connections=256,
+        )
+        self._commit = self.r.register_script(_COMMIT)
+        self._mailbox = self.r.register_script(_MAILBOX)
+        self._push = self.r.register_script(_INGRESS_PUSH)
+        self._renew = self.r.register_script(_RENEW)
+        self._release = self.r.register_script(_RELEASE)
+        self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        # ingress: per source, the partitions this process holds and what it has read from them
+        self._owned: dict[str, set[int]] = defaultdict(set)
+        self._rows: dict[str, dict[int, IngressRow]] = defaultdict(dict)
+        self._entry: dict[int, tuple[str, int, str]] = {}  # local row id -> (source, partition, stream id)
+        self._by_entry: dict[tuple[str, int, str], int] = {}
+        self._next_row = 0
+        self._groups_ready: set[tuple[str, int]] = set()
+        self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def k(self, *parts: str | int) -> str:
+        return ":".join([self.ns, *(str(p) for p in parts)])
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.r.ping()
+        self._listener = asyncio.create_task(self._listen(), name="kefu-redis-boxev")
+
+    async def close(self) -> None:
+        self._closing = True
+        self.wake_all()
+        if self._listener:
+            # The listener checks _closing at least every second (its read timeout).
+            done, _ = await asyncio.wait({self._listener}, timeout=3)
+            if not done:
+                self._listener.cancel()
+                await asyncio.wait({self._listener}, timeout=3)
+        for source, parts in self._owned.items():
+            for p in parts:
+                try:
+                    await self._release(keys=[self.k("in", "lease", source, p)], args=[self.consumer])
+                except Exception:
+                    pass
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.r.ping())
+        except Exception:
+            return False
+
+    # --- locks and dedupe -------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lock(self, name: str, timeout: float | None = None) -> AsyncIterator[None]:
+        lock = Lock(self.r, self.k("lock", name), timeout=LOCK_LEASE, sleep=0.005,
+                    blocking=True, blocking_timeout=timeout)
+        if not await lock.acquire():
+            raise LockTimeout(name)
+        held = asyncio.Event()
+        renew = asyncio.create_task(self._keep(lock, held))
+        try:
+            yield
+        finally:
+            held.set()
+            await asyncio.wait({renew}, timeout=2)
+            try:
+                await lock.release()
+            except LockError:
+                log.warning("lock %s expired while held", name)
+
+    @staticmethod
+    async def _keep(lock: Lock, released: asyncio.Event) -> None:
+        """Renew the lease while the holder works (a killed holder stops renewing)."""
+        while True:
+            try:
+                await asyncio.wait_for(released.wait(), LOCK_LEASE / 3)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await lock.reacquire()
+            except Exception as exc:
+                log.warning("could not renew lock %s: %s", lock.name, exc.__class__.__name__)
+
+    async def is_seen(self, message_id: str) -> bool:
+        return bool(await self.r.exists(self.k("seen", message_id)))
+
+    async def commit(self, turn: Turn) -> bool:
+        now = repr(time.time())
+        cases = [{"id": c.id, "session": c.session, "status": c.status, "created_at": repr(c.created_at),
+                  "doc": _dumps({"id": c.id, "session": c.session, "status": c.status,
+                                 "created_at": c.created_at, "data": c.data})} for c in turn.cases]
+        lines = [{"at": repr(float(e.get("at", turn.at or time.time()))), "doc": _dumps(e)} for e in turn.transcript]
+        outbox = [{"target": o.target, "action": _dumps(o.action)} for o in turn.outbox]
+        done = await self._commit(args=[
+            self.ns, turn.message_id, turn.session,
+            _dumps(turn.conversation) if turn.conversation is not None else "",
+            now, turn.turn_id or turn.message_id, SEEN_TTL, CONVERSATION_TTL,
+            _dumps(cases) if cases else "[]", _dumps(lines) if lines else "[]", _dumps(outbox) if outbox else "[]",
+        ])
+        return bool(done)
+
+    # --- reads ---------------------------------------------------------------------------------------
+    async def load_conversation(self, session: str) -> dict[str, Any] | None:
+        raw = await self.r.get(self.k("conv", session))
+        return json.loads(raw) if raw else None
+
+    @staticmethod
+    def _case(raw: str) -> CaseRow:
+        d = json.loads(raw)
+        return CaseRow(id=d["id"], session=d["session"], status=d["status"], created_at=d["created_at"], data=d["data"])
+
+    async def get_case(self, case_id: str) -> CaseRow | None:
+        raw = await self.r.get(self.k("case", case_id))
+        return self._case(raw) if raw else None
+
+    async def find_cases(
+        self, *, status: str | None = None, session: str | None = None, limit: int = 500
+    ) -> list[CaseRow]:
+        if status is not None and session is not None:
+            ids = await self.r.zrevrange(self.k("cases", "session", session), 0, -1)
+            rows = [r for r in await self._cases(ids) if r.status == status]
+            return rows[:limit]
+        index = (self.k("cases", "status", status) if status is not None
+                 else self.k("cases", "session", session) if session is not None else self.k("cases", "all"))
+        ids = await self.r.zrevrange(index, 0, limit - 1)
+        return await self._cases(ids)
+
+    async def _cases(self, ids: list[str]) -> list[CaseRow]:
+        if not ids:
+            return []
+        raws = await self.r.mget([self.k("case", i) for i in ids])
+        rows = [self._case(r) for r in raws if r]
+        # Same created_at: the later id first, as SQLite orders them.
+        return sorted(rows, key=lambda c: (c.created_at, c.id), reverse=True)
+
+    async def next_case_number(self) -> int:
+        return int(await self.r.incr(self.k("seq", "case")))
+
+    async def transcript(self, session: str, since: float = 0.0, until: float | None = None) -> list[dict[str, Any]]:
+        members = await self.r.zrangebyscore(self.k("tr", session), since, "+inf" if until is None else until)
+        return [json.loads(m.split("|", 1)[1]) for m in members]
+
+    # --- outbox --------------------------------------------------------------------------------------
+    async def pending_outbox(
+        self, *, target: str | None = None, due_before: float | None = None, limit: int = 100
+    ) -> list[OutboxRow]:
+        if target is not None:
+            ids = await self.r.zrange(self.k("ob", "t", target), 0, limit - 1)
+        elif due_before is not None:
+            ids = await self.r.zrangebyscore(self.k("ob", "due"), "-inf", repr(due_before), start=0, num=limit)
+            ids = sorted(ids, key=int)
+        else:
+            ids = await self.r.zrange(self.k("ob", "pending"), 0, limit - 1)
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(self.k("ob", i))
+        rows = []
+        for i, h in zip(ids, await pipe.execute(), strict=True):
+            if not h or h.get("status") != "pending":
+                continue
+            row = OutboxRow(
+                id=int(i), target=h["target"], turn=h["turn"], action=json.loads(h["action"]),
+                attempts=int(h.get("attempts", 0)), next_at=float(h["next_at"]), status=h["status"],
+                error=h.get("error") or None, created_at=float(h["created_at"]),
+            )
+            if due_before is None or row.next_at <= due_before:
+                rows.append(row)
+        return rows[:limit]
+
+    async def _targets(self, ids: list[int]) -> dict[int, str]:
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(self.k("ob", i), "target")
+        return {i: t for i, t in zip(ids, await pipe.execute(), strict=True) if t}
+
+    async def outbox_done(self, ids: list[int]) -> None:
+        await self._outbox_close(ids, "done", None, DONE_OUTBOX_TTL)
+
+    async def outbox_fail(self, ids: list[int], error: str) -> None:
+        await self._outbox_close(ids, "failed", error, FAILED_OUTBOX_TTL)
+
+    async def _outbox_close(self, ids: list[int], status: str, error: str | None, ttl: int) -> None:
+        if not ids:
+            return
+        targets = await self._targets(ids)
+        pipe = self.r.pipeline(transaction=True)
+        for i in ids:
+            key = self.k("ob", i)
+            pipe.hset(key, mapping={"status": status, "next_at": repr(time.time()), **({"error": error} if error else {})})
+            pipe.hincrby(key, "attempts", 1)
+            pipe.expire(key, ttl)
+            pipe.zrem(self.k("ob", "pending"), i)
+            pipe.zrem(self.k("ob", "due"), i)
+            if i in targets:
+                pipe.zrem(self.k("ob", "t", targets[i]), i)
+        await pipe.execute()
+
+    async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        for i in ids:
+            pipe.hset(self.k("ob", i), mapping={"next_at": repr(next_at), "error": error})
+            pipe.hincrby(self.k("ob", i), "attempts", 1)
+            pipe.zadd(self.k("ob", "due"), {str(i): next_at})
+        await pipe.execute()
+
+    # --- ingress: partitioned streams, leased to one process per partition ----------------------------
+    def _stream(self, source: str, p: int) -> str:
+        return self.k("in", source, p)
+
+    async def ingress_push(
+        self, source: str, key: str, lane: str, payload: dict[str, Any], grp: str | None = None
+    ) -> bool:
+        p = partition_of(lane, self.partitions)
+        done = await self._push(
+            keys=[self.k("in", "seen", source, key), self._stream(source, p), self.k("inev")],
+            args=[SEEN_TTL, key, lane, grp or "", _dumps(payload), repr(time.time()), source],
+        )
+        return bool(done)
+
+    async def _ensure_group(self, source: str, p: int) -> None:
+        if (source, p) in self._groups_ready:
+            return
+        try:
+            await self.r.xgroup_create(self._stream(source, p), "kefu", id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add((source, p))
+
+    async def _leases(self, source: str) -> None:
+        """Keep the partitions this process holds, and take free ones up to a fair share."""
+        now = time.time()
+        consumers = self.k("in", "consumers", source)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(consumers, {self.consumer: now})
+        pipe.zremrangebyscore(consumers, 0, now - CONSUMER_ALIVE)
+        pipe.zcard(consumers)
+        alive = (await pipe.execute())[2] or 1
+        share = -(-self.partitions // alive)
+        owned = self._owned[source]
+        lease_ms = int(INGRESS_LEASE * 1000)
+        for p in list(owned):
+            if not await self._renew(keys=[self.k("in", "lease", source, p)], args=[self.consumer, lease_ms]):
+                log.warning("lost the lease of %s partition %d", source, p)
+                self._drop_partition(source, p)
+        # Give back what is above the fair share, newest work first kept: only idle partitions.
+        busy = {self._entry[i][1] for i in self._rows[source]}
+        for p in sorted(owned - busy, reverse=True):
+            if len(owned) <= share:
+                break
+            await self._release(keys=[self.k("in", "lease", source, p)], args=[self.consumer])
+            self._drop_partition(source, p)
+        if len(owned) >= share:
+            return
+        start = zlib.crc32(self.consumer.encode()) % self.partitions
+        for j in range(self.partitions):
+            if len(owned) >= share:
+                break
+            p = (start + j) % self.partitions
+            if p in owned:
+                continue
+            if await self.r.set(self.k("in", "lease", source, p), self.consumer, nx=True, px=lease_ms):
+                await self._take_over(source, p)
+
+    def _drop_partition(self, source: str, p: int) -> None:
+        self._owned[source].discard(p)
+        for rid in [i for i in self._rows[source] if self._entry[i][1] == p]:
+            del self._rows[source][rid]
+            self._by_entry.pop(self._entry.pop(rid), None)
+
+    async def _take_over(self, source: str, p: int) -> None:
+        await self._ensure_group(source, p)
+        stream = self._stream(source, p)
+        # Whatever a previous holder read but did not finish is ours now, in stream order.
+        start = "0-0"
+        while True:
+            res = await self.r.xautoclaim(stream, "kefu", self.consumer, min_idle_time=0, start_id=start, count=500)
+            start = res[0]
+            if start in ("0-0", b"0-0"):
+                break
+        self._owned[source].add(p)
+        await self._read(source, [p], "0")
+
+    async def _read(self, source: str, parts: list[int], cursor: str) -> None:
+        if not parts:
+            return
+        streams = {self._stream(source, p): cursor for p in parts}
+        res = await self.r.xreadgroup("kefu", self.consumer, streams, count=500)
+        for stream, entries in res or []:
+            p = int(stream.rsplit(":", 1)[1])
+            if p not in self._owned[source]:
+                continue
+            for entry_id, fields in entries:
+                if (source, p, entry_id) in self._by_entry or not fields:
+                    continue
+                self._next_row += 1
+                rid = self._next_row
+                self._entry[rid] = (source, p, entry_id)
+                self._by_entry[(source, p, entry_id)] = rid
+                self._rows[source][rid] = IngressRow(
+                    id=rid, source=source, key=fields["key"], lane=fields["lane"], grp=fields.get("grp") or None,
+                    payload=json.loads(fields["payload"]), attempts=0, created_at=float(fields.get("at") or 0),
+                    not_before=0.0,
+                )
+
+    async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
+        await self._leases(source)
+        await self._read(source, sorted(self._owned[source]), ">")
+        rows = sorted(self._rows[source].values(), key=lambda r: self._order(r.id))
+        return rows[:limit]
+
+    def _order(self, rid: int) -> tuple[int, int, float]:
+        # Stream order within a partition (that is a lane's order); push time between partitions.
+        source, _, entry_id = self._entry[rid]
+        ms, _, seq = entry_id.partition("-")
+        return int(ms), int(seq), self._rows[source][rid].created_at
+
+    async def ingress_wait(self, source: str, timeout: float) -> None:
+        # Woken by the push's PUBLISH (any process); no blocking read holds a connection.
+        event = self._ingress_events[source]
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        event.clear()
+
+    async def _ack(self, ids: list[int]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            if rid not in self._entry:
+                continue
+            source, p, entry_id = self._entry.pop(rid)
+            self._by_entry.pop((source, p, entry_id), None)
+            self._rows[source].pop(rid, None)
+            pipe.xack(self._stream(source, p), "kefu", entry_id)
+            pipe.xdel(self._stream(source, p), entry_id)
+        await pipe.execute()
+
+    async def ingress_done(self, ids: list[int]) -> None:
+        await self._ack(ids)
+
+    async def ingress_retry(self, ids: list[int], not_before: float, error: str) -> None:
+        for rid in ids:
+            if rid in self._entry:
+                source = self._entry[rid][0]
+                row = self._rows[source][rid]
+                self._rows[source][rid] = replace(row, attempts=row.attempts + 1, not_before=not_before)
+
+    async def ingress_fail(self, ids: list[int], error: str) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            if rid in self._entry:
+                source = self._entry[rid][0]
+                row = self._rows[source][rid]
+                pipe.rpush(self.k("in", "failed", source), _dumps({"key": row.key, "lane": row.lane, "error": error,
+                                                                    "payload": row.payload, "at": time.time()}))
+        await pipe.execute()
+        await self._ack(ids)
+
+    async def queue_depths(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        sources = [k.rsplit(":", 1)[1] async for k in self.r.scan_iter(match=self.k("in", "consumers", "*"))]
+        for source in sources:
+            pipe = self.r.pipeline(transaction=False)
+            for p in range(self.partitions):
+                pipe.xlen(self._stream(source, p))
+            out[f"ingress:{source}"] = sum(int(n or 0) for n in await pipe.execute())
+        out["outbox"] = int(await self.r.zcard(self.k("ob", "pending")))
+        return out
+
+    # --- mailboxes ----------------------------------------------------------------------------------------
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]:
+        if not items:
+            return []
+        seqs = await self._mailbox(args=[self.ns, box, repr(time.time()), MAILBOX_TTL, MAILBOX_KEEP,
+                                         *(_dumps(i) for i in items)])
+        self._wake_box(box)
+        return [int(s) for s in seqs]
+
+    async def mailbox_read(self, box: str, after: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
+        members = await self.r.zrangebyscore(self.k("box", box), f"({after}", "+inf", start=0, num=limit)
+        out = []
+        for m in members:
+            seq, _, rest = m.partition("|")
+            at, _, doc = rest.partition("|")
+            item = json.loads(doc)
+            item.setdefault("at", float(at))
+            out.append((int(seq), item))
+        return out
+
+    async def mailbox_last(self, box: str) -> int:
+        top = await self.r.zrevrange(self.k("box", box), 0, 0, withscores=True)
+        return int(top[0][1]) if top else 0
+
+    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
+        if self._closing:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._box_waiters[box].add(fut)
+        try:
+            if await self.r.zcount(self.k("box", box), f"({after}", "+inf"):
+                return
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            waiters = self._box_waiters.get(box)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    self._box_waiters.pop(box, None)
+
+    def _wake_box(self, box: str) -> None:
+        for fut in self._box_waiters.pop(box, set()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _listen(self) -> None:
+        """One subscription per process: appends made by any process wake local long polls."""
+        while not self._closing:
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.k("boxev"), self.k("inev"))
+                while not self._closing:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg and msg.get("type") == "message":
+                        if msg["channel"] == self.k("inev"):
+                            self._ingress_events[msg["data"]].set()
+                        else:
+                            self._wake_box(msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stop_if_cancelled()
+                log.warning("mailbox subscription lost (%s); resubscribing", exc.__class__.__name__)
+                # Waiters re-check on their own timeout; wake them so none waits on a dead channel.
+                for box in list(self._box_waiters):
+                    self._wake_box(box)
+                for event in self._ingress_events.values():
+                    event.set()
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    def wake_all(self) -> None:
+        self._closing = True
+        for box in list(self._box_waiters):
+            self._wake_box(box)
+
+    # --- meta and edited content ---------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        value = await self.r.hget(self.k("meta"), key)
+        return value if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.r.hset(self.k("meta"), key, value)
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        await self.r.hsetnx(self.k("meta"), key, value)
+        return str(await self.r.hget(self.k("meta"), key))
+
+    async def config_version(self) -> int:
+        return int(await self.r.get(self.k("cfg", "version")) or 0)
+
+    async def template_overrides(self) -> dict[str, str]:
+        return dict(await self.r.hgetall(self.k("cfg", "templates")))
+
+    async def put_template(self, key: str, source: str | None) -> int:
+        pipe = self.r.pipeline(transaction=True)
+        if source is None:
+            pipe.hdel(self.k("cfg", "templates"), key)
+        else:
+            pipe.hset(self.k("cfg", "templates"), key, source)
+        pipe.incr(self.k("cfg", "version"))
+        return int((await pipe.execute())[-1])
+
+    async def expire(self, now: float | None = None) -> None:
+        """Redis expires keys itself; nothing to sweep."""
+        return None
+
+    async def drop_namespace(self) -> None:
+        """Delete every key of this namespace (tests)."""
+        async for key in self.r.scan_iter(match=f"{self.ns}:*", count=1000):
+            await self.r.delete(key)
