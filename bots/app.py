@@ -227,7 +227,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/api/") and exc.status >= 400:
             return error(exc.status, exc.reason)
         raise
-    except (ConnectionError, TimeoutError, OSError) as exc:
+    except (ConnectionError, TimeoutError) as exc:
         # The store is unreachable: nothing was acknowledged, the client may retry.
         log.warning("store unavailable on %s %s: %s", request.method, request.path, exc.__class__.__name__)
         return error(503, "temporarily unavailable, please retry (nothing was stored)")

@@ -24,8 +24,12 @@ class SendError(Exception):
 class BuyerChannel(Protocol):
     platform: str
 
-    async def send(self, channel: Channel, replies: list[Reply]) -> None:
-        """Deliver one turn's replies, in order."""
+    async def send(self, channel: Channel, replies: list[Reply], key: str) -> None:
+        """Deliver one turn's replies, in order.
+
+        `key` is the same on every retry of this delivery: platforms that take an
+        idempotency key (WeCom's msgid) or stores that can check it (the web chat
+        mailbox) use it, so a retry after a crash does not deliver twice."""
         ...
 
 

@@ -84,32 +84,61 @@ class Dispatcher:
                 await self._stopper.sleep(self.poll_interval)
 
     # --- sending ------------------------------------------------------------------
-    async def flush(self, targets: list[str]) -> None:
-        """Send what is pending for these targets now (called right after a commit)."""
-        await asyncio.gather(*(self.flush_target(t) for t in targets))
+    async def flush(self, rows: list[OutboxRow]) -> None:
+        """Send what a turn just wrote, now (called right after its commit)."""
+        by_target: dict[str, list[OutboxRow]] = {}
+        for r in rows:
+            by_target.setdefault(r.target, []).append(r)
+        await asyncio.gather(*(self.flush_target(t, fresh=rs) for t, rs in by_target.items()))
 
-    async def flush_target(self, target: str, wait: float = 10.0) -> None:
-        """Send a target's pending items in order; one process at a time per target."""
+    async def flush_target(self, target: str, wait: float = 10.0, fresh: list[OutboxRow] | None = None) -> None:
+        """Send a target's pending items in order; one process at a time per target.
+
+        `fresh`: items just committed; if nothing older waits for the target they go out
+        as they are, without reading them back."""
         try:
-            async with self.store.lock(f"send|{target}", timeout=wait):
-                rows = await self.store.pending_outbox(target=target, limit=200)
-                now = time.time()
-                # One turn's items for one target go out together (and stay in order).
-                for _, group in groupby(rows, key=lambda r: r.turn):
-                    batch = list(group)
-                    if batch[0].next_at > now:
-                        break  # backing off: later items must wait, or order breaks
-                    if not await self._send(target, batch):
-                        break
+            lease = await self.store.claim_target(target, timeout=wait)
         except LockTimeout:
             self._schedule_wake(self.poll_interval)  # the holder sends; look again soon
+            return
+        sent: list[int] = []
+        rows: list[OutboxRow] = []
+        total = 0
+        try:
+            if fresh and lease.head is None:
+                return  # someone else sent them already
+            if fresh and lease.head == fresh[0].id:
+                rows = fresh  # nothing older waits: no need to read them back
+            else:
+                rows = await self.store.pending_outbox(target=target, limit=200)
+            now = time.time()
+            # One turn's items for one target go out together (and stay in order).
+            for _, group in groupby(rows, key=lambda r: r.turn):
+                batch = list(group)
+                if batch[0].next_at > now:
+                    break  # backing off: later items must wait, or order breaks
+                if sent:  # a backlog: mark each batch as soon as the next one is due
+                    await self.store.outbox_done(sent, target)
+                    sent = []
+                ok = await self._send(target, batch)
+                if ok is None:
+                    sent = [r.id for r in batch]
+                    total += len(batch)
+                elif not ok:
+                    break
+        finally:
+            # Marking the last batch sent and unlocking is one step.
+            await self.store.release_target(lease, sent)
+            if total:
+                self._count(target, batch_size=total, first=rows[0] if rows else None)
 
-    async def _send(self, target: str, batch: list[OutboxRow]) -> bool:
-        ids = [r.id for r in batch]
+    async def _send(self, target: str, batch: list[OutboxRow]) -> bool | None:
+        """None: sent. True: given up (recorded), go on. False: backing off, stop here."""
         actions = [_ACTION.validate_python(r.action) for r in batch]
         try:
             if target.startswith("buyer|"):
-                await self._send_buyer(target.split("|", 1)[1], [a for a in actions if isinstance(a, Reply)])
+                await self._send_buyer(target.split("|", 1)[1], [a for a in actions if isinstance(a, Reply)],
+                                       f"ob{batch[0].id}")
             else:
                 await self._send_desk(batch[0].action.get("desk", ""), [a for a in actions if isinstance(a, DeskAction)])
         except SendError as exc:
@@ -119,19 +148,20 @@ class Dispatcher:
             log.warning("send to %s failed: %s", target.split("|")[0], exc.__class__.__name__,
                         extra={"session": target, "message_id": batch[0].turn})
             return await self._failed(target, batch, f"{exc.__class__.__name__}: {exc}", None, False)
-        await self.store.outbox_done(ids)
-        if target.startswith("buyer|"):
-            metrics.REPLIES_OUT.labels(split_session_key(target.split("|", 1)[1])[0]).inc(len(batch))
-        else:
-            metrics.DESK_OUT.labels(batch[0].action.get("desk", "")).inc(len(batch))
-        return True
+        return None  # sent: the caller marks it done when it lets go of the target
 
-    async def _send_buyer(self, session: str, replies: list[Reply]) -> None:
+    def _count(self, target: str, batch_size: int, first: OutboxRow | None) -> None:
+        if target.startswith("buyer|"):
+            metrics.REPLIES_OUT.labels(split_session_key(target.split("|", 1)[1])[0]).inc(batch_size)
+        else:
+            metrics.DESK_OUT.labels((first.action.get("desk", "") if first else "")).inc(batch_size)
+
+    async def _send_buyer(self, session: str, replies: list[Reply], key: str) -> None:
         platform, _, _ = split_session_key(session)
         channel = self.channels.get(platform)
         if channel is None:
             raise SendError(f"no adapter for platform {platform}", permanent=True)
-        await channel.send(replies[0].channel, replies)
+        await channel.send(replies[0].channel, replies, key)
 
     async def _send_desk(self, desk_name: str, actions: list[DeskAction]) -> None:
         desk = self.desks.get(desk_name)
@@ -149,7 +179,7 @@ class Dispatcher:
         kind = target.split("|", 1)[0]
         if permanent or attempts >= self.max_attempts:
             metrics.SEND_FAILURES.labels(kind).inc(len(batch))
-            await self.store.outbox_fail(ids, error)
+            await self.store.outbox_fail(ids, error, target)
             log.error("gave up sending after %d attempts", attempts, extra={"session": target, "message_id": batch[0].turn})
             if target.startswith("buyer|") and self.report_failure is not None:
                 reply = _ACTION.validate_python(batch[0].action)

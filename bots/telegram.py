@@ -488,7 +488,9 @@ class Telegram:
                 rows.append([])
         return InlineKeyboardMarkup([r for r in rows if r])
 
-    async def send(self, channel: Channel, replies: list[Reply]) -> None:
+    async def send(self, channel: Channel, replies: list[Reply], key: str = "") -> None:
+        # The Bot API has no idempotency key: a crash between sending and marking it sent
+        # can repeat one turn's messages (the one window left; see README).
         chat_id = int(channel.chat)
         for r in replies:
             markup = self.keyboard([(b.text, b.payload) for b in r.buttons])

@@ -66,8 +66,9 @@ class WebChat:
         return session_key(PLATFORM, self.bot, visitor)
 
     # --- outbound: the dispatcher delivers a turn's replies into the visitor's mailbox ----------
-    async def send(self, channel: Channel, replies: list[Reply]) -> None:
+    async def send(self, channel: Channel, replies: list[Reply], key: str = "") -> None:
         now = time.time()
+        # Keyed: a delivery repeated after a crash lands once.
         await self.store.mailbox_append(
             session_key(channel.platform, channel.bot, channel.chat),
             [
@@ -78,6 +79,7 @@ class WebChat:
                 }
                 for r in replies
             ],
+            key=key or None,
         )
 
     # --- inbound -------------------------------------------------------------------------------
@@ -155,10 +157,7 @@ class WebChat:
         except ValueError:
             return error(400, "after must be an integer and wait a number of seconds")
         box = self.box(visitor)
-        items = await self.store.mailbox_read(box, after)
-        if not items and wait > 0:
-            await self.store.mailbox_wait(box, after, wait)
-            items = await self.store.mailbox_read(box, after)
+        items = await self.store.mailbox_read(box, after, wait=wait)
         return json_response({"messages": [
             {
                 "seq": seq, "from": item["from"], "agent": item.get("agent"), "text": item["text"],

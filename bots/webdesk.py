@@ -149,10 +149,7 @@ class WebDesk:
         if request.query.get("tail"):
             # Where a freshly opened desk page starts listening.
             return json_response({"events": [], "last": await self.store.mailbox_last(FEED)})
-        items = await self.store.mailbox_read(FEED, after)
-        if not items and wait > 0:
-            await self.store.mailbox_wait(FEED, after, wait)
-            items = await self.store.mailbox_read(FEED, after)
+        items = await self.store.mailbox_read(FEED, after, wait=wait)
         return json_response({"last": items[-1][0] if items else after, "events": [
             {"seq": seq, **{k: v for k, v in item.items() if k != "at"}, "at": iso(item.get("at"))}
             for seq, item in items

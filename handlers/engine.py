@@ -16,11 +16,11 @@ from handlers.context import Context, Outcome
 from handlers.desk import handle_agent, handle_send_failed, normalize_case_id
 from handlers.model import AgentCommand, BuyerMessage, Conversation, DeskAction, Event, Reply
 from state.keys import buyer_target, desk_target, message_key, session_key
-from state.protocol import CaseRow, OutboxItem, Turn
+from state.protocol import CaseRow, OutboxItem, OutboxRow, Turn
 
 log = logging.getLogger("kefu.engine")
 
-OnCommit = Callable[[list[str]], Awaitable[None]]
+OnCommit = Callable[[list[OutboxRow]], Awaitable[None]]
 OnHandled = Callable[[str, float], None]
 
 
@@ -60,14 +60,14 @@ class Engine:
     async def handle(self, event: Event) -> Outcome:
         started = time.perf_counter()
         key = dedupe_key(event)
-        if await self.store.is_seen(key):
-            log.info("duplicate message dropped", extra={"session": "", "message_id": key})
-            return Outcome(conversation=None, duplicate=True)
         session = await self._session_for(event)
-        async with self.store.lock(session):
-            if await self.store.is_seen(key):
+        lease = await self.store.begin_turn(session, key)
+        try:
+            if lease.seen:
+                log.info("duplicate message dropped", extra={"session": session, "message_id": key})
+                await self.store.end_turn(lease, None)
                 return Outcome(conversation=None, duplicate=True)
-            data = await self.store.load_conversation(session)
+            data = lease.conversation
             convo = Conversation.model_validate(data) if data else None
             if isinstance(event, BuyerMessage):
                 outcome = await handle_buyer(event, convo, self.ctx)
@@ -76,18 +76,27 @@ class Engine:
             else:
                 outcome = await handle_send_failed(event, convo, self.ctx)
             turn = self._turn(key, session, event, outcome)
-            committed = await self.store.commit(turn)
-        if not committed:
+        except BaseException:
+            await self.store.end_turn(lease, None)
+            raise
+        ids = await self.store.end_turn(lease, turn)  # commit and unlock in one step
+        if ids is None:
             return Outcome(conversation=None, duplicate=True)
         if self.on_handled:
             self.on_handled(event.type, time.perf_counter() - started)
+        at = event.at
         log.info(
             "handled %s: %d actions%s", event.type, len(outcome.actions),
             f", error {outcome.error}" if outcome.error else "",
             extra={"session": session, "message_id": key},
         )
         if self.on_commit and turn.outbox:
-            await self.on_commit(list(dict.fromkeys(o.target for o in turn.outbox)))
+            # Hand over what was just written, so sending needs no read-back.
+            await self.on_commit([
+                OutboxRow(id=i, target=o.target, turn=turn.turn_id, action=o.action, attempts=0,
+                          next_at=0.0, status="pending", error=None, created_at=at)
+                for i, o in zip(ids, turn.outbox, strict=True)
+            ])
         return outcome
 
     def _turn(self, key: str, session: str, event: Event, outcome: Outcome) -> Turn:

@@ -121,8 +121,7 @@ class Turn:
 
     async def queue_position(self, case: Case) -> int:
         """1 = next in line: open cases created before this one, plus one."""
-        rows = await self.ctx.store.find_cases(status="open", limit=1000)
-        return 1 + sum(1 for r in rows if r.id != case.id and r.created_at <= case.created_at)
+        return 1 + await self.ctx.store.count_cases("open", case.created_at)
 
     def outcome(self) -> Outcome:
         return Outcome(

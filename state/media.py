@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,8 @@ class MediaStore:
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+        # Unique per write: the same photo may be saved by two requests at once.
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -84,6 +84,25 @@ class LockTimeout(TimeoutError):
     """A lock could not be taken in the time allowed."""
 
 
+@dataclass
+class TurnLease:
+    """A conversation's lock, taken together with what a turn needs to read."""
+
+    session: str
+    token: str
+    seen: bool  # the message was committed before
+    conversation: dict[str, Any] | None
+
+
+@dataclass
+class TargetLease:
+    """The right to send to one target, taken together with its oldest pending item."""
+
+    target: str
+    token: str
+    head: int | None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
@@ -100,8 +119,23 @@ class Store(Protocol):
 
     async def is_seen(self, message_id: str) -> bool: ...
 
-    async def commit(self, turn: Turn) -> bool:
-        """Save state, cases, transcript and outbox at once; False if a duplicate."""
+    async def load_turn(self, session: str, message_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(was this message committed already, the conversation) in one read."""
+        ...
+
+    async def begin_turn(self, session: str, message_id: str, timeout: float | None = None) -> TurnLease:
+        """Lock the conversation and read it (and the dedupe mark) in one step."""
+        ...
+
+    async def end_turn(self, lease: TurnLease, turn: Turn | None) -> list[int] | None:
+        """Commit `turn` (see commit) and unlock in one step; with None, only unlock."""
+        ...
+
+    async def commit(self, turn: Turn) -> list[int] | None:
+        """Save state, cases, transcript and outbox at once.
+
+        Returns the new outbox ids (in turn.outbox order), or None if the message
+        id was committed before (nothing is written then)."""
         ...
 
     # --- reads ------------------------------------------------------------
@@ -113,6 +147,10 @@ class Store(Protocol):
         self, *, status: str | None = None, session: str | None = None, limit: int = 500
     ) -> list[CaseRow]:
         """Newest first."""
+        ...
+
+    async def count_cases(self, status: str, created_before: float) -> int:
+        """Cases in `status` created strictly before the given time (queue positions)."""
         ...
 
     async def next_case_number(self) -> int: ...
@@ -128,11 +166,23 @@ class Store(Protocol):
         """Pending items in send order (by id)."""
         ...
 
-    async def outbox_done(self, ids: list[int]) -> None: ...
+    async def outbox_head(self, target: str) -> int | None:
+        """The oldest pending item id of a target, if any."""
+        ...
+
+    async def claim_target(self, target: str, timeout: float | None = None) -> TargetLease:
+        """Lock sending to a target (across processes) and read its oldest pending item."""
+        ...
+
+    async def release_target(self, lease: TargetLease, done: list[int] | None = None) -> None:
+        """Mark `done` items sent (if any) and unlock the target in one step."""
+        ...
+
+    async def outbox_done(self, ids: list[int], target: str | None = None) -> None: ...
 
     async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None: ...
 
-    async def outbox_fail(self, ids: list[int], error: str) -> None: ...
+    async def outbox_fail(self, ids: list[int], error: str, target: str | None = None) -> None: ...
 
     # --- durable ingress: acknowledge the platform only after this ---------------
     async def ingress_push(
@@ -159,18 +209,18 @@ class Store(Protocol):
     async def ingress_fail(self, ids: list[int], error: str) -> None: ...
 
     # --- mailboxes (web chat deliveries, desk feed) --------------------------
-    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]: ...
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]], key: str | None = None) -> list[int]:
+        """Append items; with `key`, a second append with the same key adds nothing (returns [])."""
+        ...
 
     async def mailbox_read(
-        self, box: str, after: int = 0, limit: int = 200
-    ) -> list[tuple[int, dict[str, Any]]]: ...
+        self, box: str, after: int = 0, limit: int = 200, wait: float = 0.0
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """Items after `after`; with `wait`, a long poll: wait up to that long for the first one."""
+        ...
 
     async def mailbox_last(self, box: str) -> int:
         """The newest seq in the box (0 if empty)."""
-        ...
-
-    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
-        """Return when the box has an item after `after`, or after `timeout`."""
         ...
 
     def wake_all(self) -> None:

@@ -33,10 +33,9 @@ from dataclasses import replace
 from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, ResponseError
+from redis.exceptions import ResponseError
 
-from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, Turn
+from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
 from state.tasks import stop_if_cancelled
 
 log = logging.getLogger("kefu.redis")
@@ -50,13 +49,18 @@ MAILBOX_KEEP = 1000  # items per box; a web chat page never needs more
 LOCK_LEASE = 10.0
 INGRESS_LEASE = 5.0
 CONSUMER_ALIVE = 10.0
+LEASE_CHECK = 1.0
 STATUSES = ("open", "taken", "resolved")
 
 _COMMIT = """
 local ns, mid, session, conv, now, turn = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local seen_ttl, conv_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 local cases, lines, outbox = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
-if not redis.call('SET', ns..':seen:'..mid, '1', 'NX', 'EX', seen_ttl) then return 0 end
+local lock, token = ARGV[12], ARGV[13]
+local function unlock()
+  if lock ~= '' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
+end
+if not redis.call('SET', ns..':seen:'..mid, '1', 'NX', 'EX', seen_ttl) then unlock() return -1 end
 if conv ~= '' then redis.call('SET', ns..':conv:'..session, conv, 'EX', conv_ttl) end
 for _, c in ipairs(cases) do
   redis.call('SET', ns..':case:'..c.id, c.doc)
@@ -70,22 +74,37 @@ for _, e in ipairs(lines) do
   redis.call('ZADD', ns..':tr:'..session, e.at, string.format('%015d', seq)..'|'..e.doc)
 end
 if #lines > 0 then redis.call('EXPIRE', ns..':tr:'..session, conv_ttl) end
+local ids = {}
 for _, o in ipairs(outbox) do
   local id = redis.call('INCR', ns..':seq:ob')
+  ids[#ids + 1] = id
   redis.call('HSET', ns..':ob:'..id, 'target', o.target, 'turn', turn, 'action', o.action,
              'attempts', 0, 'next_at', now, 'status', 'pending', 'created_at', now)
   redis.call('ZADD', ns..':ob:pending', id, id)
   redis.call('ZADD', ns..':ob:due', now, id)
   redis.call('ZADD', ns..':ob:t:'..o.target, id, id)
 end
-return 1
+unlock()
+return ids
+"""
+
+_BEGIN_TURN = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+return {1, redis.call('EXISTS', KEYS[2]), redis.call('GET', KEYS[3])}
+"""
+
+_CLAIM_TARGET = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+return {1, head[1] or ''}
 """
 
 _MAILBOX = """
-local ns, box, now, ttl, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local ns, box, now, ttl, keep, dedupe = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if dedupe ~= '' and not redis.call('SET', ns..':boxkey:'..dedupe, '1', 'NX', 'EX', ttl) then return {} end
 local key = ns..':box:'..box
 local seqs = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local seq = redis.call('INCR', ns..':seq:box')
   redis.call('ZADD', key, seq, seq..'|'..now..'|'..ARGV[i])
   seqs[#seqs + 1] = seq
@@ -131,15 +150,20 @@ class RedisStore:
         self.partitions = partitions
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Any: redis-py's stubs type replies as bytes|str|list...; with decode_responses they are str.
-        self.r: Any = aioredis.Redis.from_url(
+        # A blocking pool: under a burst, callers wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, health_check_interval=15, socket_keepalive=True,
-            retry_on_timeout=True, max_connections=256,
+            max_connections=64, timeout=20,
         )
+        self.r: Any = aioredis.Redis(connection_pool=pool)
         self._commit = self.r.register_script(_COMMIT)
         self._mailbox = self.r.register_script(_MAILBOX)
         self._push = self.r.register_script(_INGRESS_PUSH)
         self._renew = self.r.register_script(_RENEW)
         self._release = self.r.register_script(_RELEASE)
+        self._begin = self.r.register_script(_BEGIN_TURN)
+        self._claim = self.r.register_script(_CLAIM_TARGET)
+        self._held: dict[str, dict[str, bool]] = {}  # lease token -> still held (for renewals)
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
@@ -151,6 +175,8 @@ class RedisStore:
         self._next_row = 0
         self._groups_ready: set[tuple[str, int]] = set()
         self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._renewals: set[asyncio.Task[None]] = set()
+        self._leases_checked: dict[str, float] = {}
 
     def k(self, *parts: str | int) -> str:
         return ":".join([self.ns, *(str(p) for p in parts)])
@@ -164,7 +190,10 @@ class RedisStore:
         self._closing = True
         self.wake_all()
         if self._listener:
-            # The listener checks _closing at least every second (its read timeout).
+            try:  # wake our own listener so it sees _closing now, not at its next read timeout
+                await self.r.publish(self.k("inev"), "")
+            except Exception:
+                pass
             done, _ = await asyncio.wait({self._listener}, timeout=3)
             if not done:
                 self._listener.cancel()
@@ -186,53 +215,122 @@ class RedisStore:
     # --- locks and dedupe -------------------------------------------------------------------------
     @asynccontextmanager
     async def lock(self, name: str, timeout: float | None = None) -> AsyncIterator[None]:
-        lock = Lock(self.r, self.k("lock", name), timeout=LOCK_LEASE, sleep=0.005,
-                    blocking=True, blocking_timeout=timeout)
-        if not await lock.acquire():
-            raise LockTimeout(name)
-        held = asyncio.Event()
-        renew = asyncio.create_task(self._keep(lock, held))
+        key, token = self.k("lock", name), uuid.uuid4().hex
+        lease_ms = int(LOCK_LEASE * 1000)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while not await self.r.set(key, token, nx=True, px=lease_ms):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        # Most holders finish in milliseconds: renew only if this one is still working later.
+        held = {"on": True}
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(LOCK_LEASE / 3, self._renew_later, key, token, held, loop)
         try:
             yield
         finally:
-            held.set()
-            await asyncio.wait({renew}, timeout=2)
+            held["on"] = False
+            handle.cancel()
             try:
-                await lock.release()
-            except LockError:
-                log.warning("lock %s expired while held", name)
+                if not await self._release(keys=[key], args=[token]):
+                    log.warning("lock %s expired while held", name)
+            except Exception as exc:  # the lease runs out on its own
+                log.warning("could not release lock %s: %s", name, exc.__class__.__name__)
 
-    @staticmethod
-    async def _keep(lock: Lock, released: asyncio.Event) -> None:
-        """Renew the lease while the holder works (a killed holder stops renewing)."""
-        while True:
+    def _renew_later(self, key: str, token: str, held: dict[str, bool], loop: asyncio.AbstractEventLoop) -> None:
+        if not held["on"]:
+            return
+
+        async def renew() -> None:
             try:
-                await asyncio.wait_for(released.wait(), LOCK_LEASE / 3)
-                return
-            except asyncio.TimeoutError:
-                pass
-            try:
-                await lock.reacquire()
+                await self._renew(keys=[key], args=[token, int(LOCK_LEASE * 1000)])
             except Exception as exc:
-                log.warning("could not renew lock %s: %s", lock.name, exc.__class__.__name__)
+                log.warning("could not renew lock %s: %s", key, exc.__class__.__name__)
+            if held["on"]:
+                loop.call_later(LOCK_LEASE / 3, self._renew_later, key, token, held, loop)
+
+        self._renewals.add(task := loop.create_task(renew()))
+        task.add_done_callback(self._renewals.discard)
 
     async def is_seen(self, message_id: str) -> bool:
         return bool(await self.r.exists(self.k("seen", message_id)))
 
-    async def commit(self, turn: Turn) -> bool:
+    async def load_turn(self, session: str, message_id: str) -> tuple[bool, dict[str, Any] | None]:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(self.k("seen", message_id))
+        pipe.get(self.k("conv", session))
+        seen, raw = await pipe.execute()
+        return bool(seen), (json.loads(raw) if raw else None)
+
+    async def _take(self, script: Any, keys: list[str], name: str, timeout: float | None) -> tuple[str, list[Any]]:
+        """Take a lock with `script` (which also reads); retry with back-off until `timeout`."""
+        token = uuid.uuid4().hex
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            res = await script(keys=keys, args=[token, int(LOCK_LEASE * 1000)])
+            if res[0] == 1:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        held = self._held[token] = {"on": True}
+        loop = asyncio.get_running_loop()
+        loop.call_later(LOCK_LEASE / 3, self._renew_later, keys[0], token, held, loop)
+        return token, res
+
+    def _drop(self, token: str) -> None:
+        held = self._held.pop(token, None)
+        if held is not None:
+            held["on"] = False
+
+    async def begin_turn(self, session: str, message_id: str, timeout: float | None = None) -> TurnLease:
+        token, res = await self._take(
+            self._begin, [self.k("lock", session), self.k("seen", message_id), self.k("conv", session)],
+            session, timeout)
+        return TurnLease(session=session, token=token, seen=bool(res[1]),
+                         conversation=json.loads(res[2]) if res[2] else None)
+
+    async def end_turn(self, lease: TurnLease, turn: Turn | None) -> list[int] | None:
+        self._drop(lease.token)
+        if turn is None:
+            await self._release(keys=[self.k("lock", lease.session)], args=[lease.token])
+            return None
+        return await self.commit(turn, lock=(self.k("lock", lease.session), lease.token))
+
+    async def claim_target(self, target: str, timeout: float | None = None) -> TargetLease:
+        token, res = await self._take(self._claim, [self.k("lock", f"send|{target}"), self.k("ob", "t", target)],
+                                      f"send|{target}", timeout)
+        return TargetLease(target=target, token=token, head=int(res[1]) if res[1] else None)
+
+    async def release_target(self, lease: TargetLease, done: list[int] | None = None) -> None:
+        self._drop(lease.token)
+        key = self.k("lock", f"send|{lease.target}")
+        if done:
+            await self._outbox_close(done, "done", None, DONE_OUTBOX_TTL, lease.target, unlock=(key, lease.token))
+        else:
+            await self._release(keys=[key], args=[lease.token])
+
+    async def commit(self, turn: Turn, lock: tuple[str, str] | None = None) -> list[int] | None:
         now = repr(time.time())
         cases = [{"id": c.id, "session": c.session, "status": c.status, "created_at": repr(c.created_at),
                   "doc": _dumps({"id": c.id, "session": c.session, "status": c.status,
                                  "created_at": c.created_at, "data": c.data})} for c in turn.cases]
         lines = [{"at": repr(float(e.get("at", turn.at or time.time()))), "doc": _dumps(e)} for e in turn.transcript]
         outbox = [{"target": o.target, "action": _dumps(o.action)} for o in turn.outbox]
-        done = await self._commit(args=[
+        result = await self._commit(args=[
             self.ns, turn.message_id, turn.session,
             _dumps(turn.conversation) if turn.conversation is not None else "",
             now, turn.turn_id or turn.message_id, SEEN_TTL, CONVERSATION_TTL,
             _dumps(cases) if cases else "[]", _dumps(lines) if lines else "[]", _dumps(outbox) if outbox else "[]",
+            lock[0] if lock else "", lock[1] if lock else "",
         ])
-        return bool(done)
+        if result == -1:
+            return None
+        return [int(i) for i in result or []]
 
     # --- reads ---------------------------------------------------------------------------------------
     async def load_conversation(self, session: str) -> dict[str, Any] | None:
@@ -267,6 +365,9 @@ class RedisStore:
         rows = [self._case(r) for r in raws if r]
         # Same created_at: the later id first, as SQLite orders them.
         return sorted(rows, key=lambda c: (c.created_at, c.id), reverse=True)
+
+    async def count_cases(self, status: str, created_before: float) -> int:
+        return int(await self.r.zcount(self.k("cases", "status", status), "-inf", f"({created_before!r}"))
 
     async def next_case_number(self) -> int:
         return int(await self.r.incr(self.k("seq", "case")))
@@ -310,16 +411,21 @@ class RedisStore:
             pipe.hget(self.k("ob", i), "target")
         return {i: t for i, t in zip(ids, await pipe.execute(), strict=True) if t}
 
-    async def outbox_done(self, ids: list[int]) -> None:
-        await self._outbox_close(ids, "done", None, DONE_OUTBOX_TTL)
+    async def outbox_head(self, target: str) -> int | None:
+        first = await self.r.zrange(self.k("ob", "t", target), 0, 0)
+        return int(first[0]) if first else None
 
-    async def outbox_fail(self, ids: list[int], error: str) -> None:
-        await self._outbox_close(ids, "failed", error, FAILED_OUTBOX_TTL)
+    async def outbox_done(self, ids: list[int], target: str | None = None) -> None:
+        await self._outbox_close(ids, "done", None, DONE_OUTBOX_TTL, target)
 
-    async def _outbox_close(self, ids: list[int], status: str, error: str | None, ttl: int) -> None:
+    async def outbox_fail(self, ids: list[int], error: str, target: str | None = None) -> None:
+        await self._outbox_close(ids, "failed", error, FAILED_OUTBOX_TTL, target)
+
+    async def _outbox_close(self, ids: list[int], status: str, error: str | None, ttl: int,
+                            target: str | None, unlock: tuple[str, str] | None = None) -> None:
         if not ids:
             return
-        targets = await self._targets(ids)
+        targets = {i: target for i in ids} if target is not None else await self._targets(ids)
         pipe = self.r.pipeline(transaction=True)
         for i in ids:
             key = self.k("ob", i)
@@ -330,6 +436,8 @@ class RedisStore:
             pipe.zrem(self.k("ob", "due"), i)
             if i in targets:
                 pipe.zrem(self.k("ob", "t", targets[i]), i)
+        if unlock is not None:
+            await self._release(keys=[unlock[0]], args=[unlock[1]], client=pipe)
         await pipe.execute()
 
     async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None:
@@ -365,19 +473,29 @@ class RedisStore:
         self._groups_ready.add((source, p))
 
     async def _leases(self, source: str) -> None:
-        """Keep the partitions this process holds, and take free ones up to a fair share."""
+        """Keep the partitions this process holds, and take free ones up to a fair share.
+
+        Runs at most every second (a lease lasts five), not on every pass."""
         now = time.time()
+        if self._owned[source] and now - self._leases_checked.get(source, 0.0) < LEASE_CHECK:
+            return
+        self._leases_checked[source] = now
         consumers = self.k("in", "consumers", source)
+        owned = self._owned[source]
+        lease_ms = int(INGRESS_LEASE * 1000)
         pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(self.k("in", "sources"), source)
         pipe.zadd(consumers, {self.consumer: now})
         pipe.zremrangebyscore(consumers, 0, now - CONSUMER_ALIVE)
         pipe.zcard(consumers)
-        alive = (await pipe.execute())[2] or 1
+        held = sorted(owned)
+        for p in held:
+            pipe.eval(_RENEW, 1, self.k("in", "lease", source, p), self.consumer, lease_ms)
+        results = await pipe.execute()
+        alive = results[3] or 1
         share = -(-self.partitions // alive)
-        owned = self._owned[source]
-        lease_ms = int(INGRESS_LEASE * 1000)
-        for p in list(owned):
-            if not await self._renew(keys=[self.k("in", "lease", source, p)], args=[self.consumer, lease_ms]):
+        for p, ok in zip(held, results[4:], strict=True):
+            if not ok:
                 log.warning("lost the lease of %s partition %d", source, p)
                 self._drop_partition(source, p)
         # Give back what is above the fair share, newest work first kept: only idle partitions.
@@ -496,7 +614,7 @@ class RedisStore:
 
     async def queue_depths(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        sources = [k.rsplit(":", 1)[1] async for k in self.r.scan_iter(match=self.k("in", "consumers", "*"))]
+        sources = sorted(await self.r.smembers(self.k("in", "sources")))
         for source in sources:
             pipe = self.r.pipeline(transaction=False)
             for p in range(self.partitions):
@@ -506,15 +624,15 @@ class RedisStore:
         return out
 
     # --- mailboxes ----------------------------------------------------------------------------------------
-    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]:
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]], key: str | None = None) -> list[int]:
         if not items:
             return []
-        seqs = await self._mailbox(args=[self.ns, box, repr(time.time()), MAILBOX_TTL, MAILBOX_KEEP,
+        seqs = await self._mailbox(args=[self.ns, box, repr(time.time()), MAILBOX_TTL, MAILBOX_KEEP, key or "",
                                          *(_dumps(i) for i in items)])
         self._wake_box(box)
         return [int(s) for s in seqs]
 
-    async def mailbox_read(self, box: str, after: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
+    async def _read_box(self, box: str, after: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
         members = await self.r.zrangebyscore(self.k("box", box), f"({after}", "+inf", start=0, num=limit)
         out = []
         for m in members:
@@ -529,18 +647,23 @@ class RedisStore:
         top = await self.r.zrevrange(self.k("box", box), 0, 0, withscores=True)
         return int(top[0][1]) if top else 0
 
-    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
-        if self._closing:
-            return
+    async def mailbox_read(
+        self, box: str, after: int = 0, limit: int = 200, wait: float = 0.0
+    ) -> list[tuple[int, dict[str, Any]]]:
+        if wait <= 0 or self._closing:
+            return await self._read_box(box, after, limit)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Listen before reading, so an item appended in between wakes us.
         self._box_waiters[box].add(fut)
         try:
-            if await self.r.zcount(self.k("box", box), f"({after}", "+inf"):
-                return
+            items = await self._read_box(box, after, limit)
+            if items:
+                return items
             try:
-                await asyncio.wait_for(fut, timeout)
+                await asyncio.wait_for(fut, wait)
             except asyncio.TimeoutError:
-                pass
+                return []
+            return await self._read_box(box, after, limit)
         finally:
             waiters = self._box_waiters.get(box)
             if waiters is not None:

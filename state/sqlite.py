@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, Turn
+from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
 
 T = TypeVar("T")
 
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS mailbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, box TEXT NOT NULL, at REAL NOT NULL,
     data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS mailbox_box ON mailbox(box, seq);
+CREATE TABLE IF NOT EXISTS mailbox_keys (key TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS templates (key TEXT PRIMARY KEY, source TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -73,6 +74,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         # Weak: a session's lock lives while someone holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._held: dict[str, asyncio.Lock] = {}
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._closing = False
         self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -114,6 +116,13 @@ class SQLiteStore:
 
     @asynccontextmanager
     async def lock(self, name: str, timeout: float | None = None) -> AsyncIterator[None]:
+        await self._acquire(name, timeout)
+        try:
+            yield
+        finally:
+            self._let_go(name)
+
+    async def _acquire(self, name: str, timeout: float | None) -> asyncio.Lock:
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
@@ -128,10 +137,45 @@ class SQLiteStore:
                 await asyncio.wait_for(lock.acquire(), timeout)
             except asyncio.TimeoutError:
                 raise LockTimeout(name) from None
-        try:
-            yield
-        finally:
+        self._held[name] = lock  # keeps the weakly held lock alive until released
+        return lock
+
+    def _let_go(self, name: str) -> None:
+        lock = self._held.pop(name, None)
+        if lock is not None:
             lock.release()
+
+    async def begin_turn(self, session: str, message_id: str, timeout: float | None = None) -> TurnLease:
+        await self._acquire(session, timeout)
+        try:
+            seen, convo = await self.load_turn(session, message_id)
+        except BaseException:
+            self._let_go(session)
+            raise
+        return TurnLease(session=session, token=session, seen=seen, conversation=convo)
+
+    async def end_turn(self, lease: TurnLease, turn: Turn | None) -> list[int] | None:
+        try:
+            return await self.commit(turn) if turn is not None else None
+        finally:
+            self._let_go(lease.session)
+
+    async def claim_target(self, target: str, timeout: float | None = None) -> TargetLease:
+        name = f"send|{target}"
+        await self._acquire(name, timeout)
+        try:
+            head = await self.outbox_head(target)
+        except BaseException:
+            self._let_go(name)
+            raise
+        return TargetLease(target=target, token=name, head=head)
+
+    async def release_target(self, lease: TargetLease, done: list[int] | None = None) -> None:
+        try:
+            if done:
+                await self.outbox_done(done, lease.target)
+        finally:
+            self._let_go(lease.token)
 
     async def is_seen(self, message_id: str) -> bool:
         def q(db: sqlite3.Connection) -> bool:
@@ -139,11 +183,19 @@ class SQLiteStore:
 
         return await self._run(q)
 
-    async def commit(self, turn: Turn) -> bool:
+    async def load_turn(self, session: str, message_id: str) -> tuple[bool, dict[str, Any] | None]:
+        def q(db: sqlite3.Connection) -> tuple[bool, dict[str, Any] | None]:
+            seen = db.execute("SELECT 1 FROM seen WHERE message_id=?", (message_id,)).fetchone() is not None
+            row = db.execute("SELECT data FROM conversations WHERE session=?", (session,)).fetchone()
+            return seen, (json.loads(row[0]) if row else None)
+
+        return await self._run(q)
+
+    async def commit(self, turn: Turn) -> list[int] | None:
         # Wall-clock time for TTLs and send times; the event's own time is in the documents.
         now = time.time()
 
-        def tx(db: sqlite3.Connection) -> list[str]:
+        def tx(db: sqlite3.Connection) -> list[int] | None:
             db.execute("BEGIN IMMEDIATE")
             try:
                 cur = db.execute(
@@ -151,7 +203,7 @@ class SQLiteStore:
                 )
                 if cur.rowcount == 0:
                     db.execute("ROLLBACK")
-                    return []
+                    return None
                 if turn.conversation is not None:
                     db.execute(
                         "INSERT INTO conversations(session, data, updated_at) VALUES (?, ?, ?) "
@@ -168,17 +220,20 @@ class SQLiteStore:
                     "INSERT INTO transcript(session, at, data) VALUES (?, ?, ?)",
                     [(turn.session, float(e.get("at", turn.at or now)), _dumps(e)) for e in turn.transcript],
                 )
-                db.executemany(
-                    "INSERT INTO outbox(target, turn, action, next_at, created_at) VALUES (?, ?, ?, ?, ?)",
-                    [(o.target, turn.turn_id or turn.message_id, _dumps(o.action), now, now) for o in turn.outbox],
-                )
+                ids = [
+                    int(db.execute(
+                        "INSERT INTO outbox(target, turn, action, next_at, created_at) VALUES (?, ?, ?, ?, ?) "
+                        "RETURNING id", (o.target, turn.turn_id or turn.message_id, _dumps(o.action), now, now),
+                    ).fetchone()[0])
+                    for o in turn.outbox
+                ]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return [turn.message_id]
+            return ids
 
-        return bool(await self._run(tx))
+        return await self._run(tx)
 
     # --- reads --------------------------------------------------------------------
     async def load_conversation(self, session: str) -> dict[str, Any] | None:
@@ -220,6 +275,13 @@ class SQLiteStore:
 
         def q(db: sqlite3.Connection) -> list[CaseRow]:
             return [self._case(r) for r in db.execute(sql, args).fetchall()]
+
+        return await self._run(q)
+
+    async def count_cases(self, status: str, created_before: float) -> int:
+        def q(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT COUNT(*) FROM cases WHERE status=? AND created_at<?",
+                                  (status, created_before)).fetchone()[0])
 
         return await self._run(q)
 
@@ -283,7 +345,14 @@ class SQLiteStore:
 
         await self._run(tx)
 
-    async def outbox_done(self, ids: list[int]) -> None:
+    async def outbox_head(self, target: str) -> int | None:
+        def q(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT MIN(id) FROM outbox WHERE status='pending' AND target=?", (target,)).fetchone()
+            return int(row[0]) if row and row[0] is not None else None
+
+        return await self._run(q)
+
+    async def outbox_done(self, ids: list[int], target: str | None = None) -> None:
         await self._outbox_update(
             "UPDATE outbox SET status='done', attempts=attempts+1, next_at=? WHERE id=?", (time.time(),), ids
         )
@@ -293,7 +362,7 @@ class SQLiteStore:
             "UPDATE outbox SET attempts=attempts+1, next_at=?, error=? WHERE id=?", (next_at, error), ids
         )
 
-    async def outbox_fail(self, ids: list[int], error: str) -> None:
+    async def outbox_fail(self, ids: list[int], error: str, target: str | None = None) -> None:
         await self._outbox_update(
             "UPDATE outbox SET status='failed', attempts=attempts+1, next_at=?, error=? WHERE id=?",
             (time.time(), error),
@@ -357,12 +426,16 @@ class SQLiteStore:
             "UPDATE ingress SET status='failed', attempts=attempts+1, error=? WHERE id=?", (error,), ids)
 
     # --- mailboxes -------------------------------------------------------------------
-    async def mailbox_append(self, box: str, items: list[dict[str, Any]]) -> list[int]:
+    async def mailbox_append(self, box: str, items: list[dict[str, Any]], key: str | None = None) -> list[int]:
         now = time.time()
 
         def tx(db: sqlite3.Connection) -> list[int]:
             db.execute("BEGIN IMMEDIATE")
             try:
+                if key is not None and db.execute(
+                        "INSERT OR IGNORE INTO mailbox_keys(key, at) VALUES (?, ?)", (key, now)).rowcount == 0:
+                    db.execute("ROLLBACK")
+                    return []
                 seqs = [
                     int(db.execute(
                         "INSERT INTO mailbox(box, at, data) VALUES (?, ?, ?) RETURNING seq",
@@ -382,7 +455,7 @@ class SQLiteStore:
                 fut.set_result(None)
         return seqs
 
-    async def mailbox_read(
+    async def _read_box(
         self, box: str, after: int = 0, limit: int = 200
     ) -> list[tuple[int, dict[str, Any]]]:
         def q(db: sqlite3.Connection) -> list[tuple[int, dict[str, Any]]]:
@@ -408,22 +481,23 @@ class SQLiteStore:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def mailbox_wait(self, box: str, after: int, timeout: float) -> None:
-        if self._closing:
-            return
+    async def mailbox_read(
+        self, box: str, after: int = 0, limit: int = 200, wait: float = 0.0
+    ) -> list[tuple[int, dict[str, Any]]]:
+        if wait <= 0 or self._closing:
+            return await self._read_box(box, after, limit)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Register before checking so an append between check and wait is not missed.
+        # Listen before reading, so an item appended in between wakes us.
         self._box_waiters[box].add(fut)
         try:
-            def q(db: sqlite3.Connection) -> bool:
-                return db.execute("SELECT 1 FROM mailbox WHERE box=? AND seq>? LIMIT 1", (box, after)).fetchone() is not None
-
-            if await self._run(q):
-                return
+            items = await self._read_box(box, after, limit)
+            if items:
+                return items
             try:
-                await asyncio.wait_for(fut, timeout)
+                await asyncio.wait_for(fut, wait)
             except asyncio.TimeoutError:
-                pass
+                return []
+            return await self._read_box(box, after, limit)
         finally:
             waiters = self._box_waiters.get(box)
             if waiters is not None:
@@ -431,7 +505,6 @@ class SQLiteStore:
                 if not waiters:
                     self._box_waiters.pop(box, None)
 
-    # --- meta ---------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
         def q(db: sqlite3.Connection) -> str | None:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -502,6 +575,7 @@ class SQLiteStore:
             db.execute("DELETE FROM seen WHERE at<?", (t - SEEN_TTL,))
             db.execute("DELETE FROM outbox WHERE status='done' AND next_at<?", (t - DONE_OUTBOX_TTL,))
             db.execute("DELETE FROM mailbox WHERE at<?", (t - MAILBOX_TTL,))
+            db.execute("DELETE FROM mailbox_keys WHERE at<?", (t - SEEN_TTL,))
             # Handled requests keep only their key (for dedupe) until their TTL.
             db.execute("DELETE FROM ingress WHERE status!='pending' AND created_at<?", (t - INGRESS_TTL,))
 

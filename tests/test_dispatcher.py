@@ -27,7 +27,7 @@ class RateLimitedPlatform:
         self.calls = 0
         self.delivered: list[str] = []
 
-    async def send(self, channel: Channel, replies: list[Reply]) -> None:
+    async def send(self, channel: Channel, replies: list[Reply], key: str) -> None:
         self.calls += 1
         if self.calls <= self.refuse:
             raise SendError("429 Too Many Requests", retry_after=self.retry_after, permanent=self.permanent)

@@ -42,11 +42,15 @@ async def test_commit_is_atomic_and_deduplicated(any_store: Store) -> None:
              transcript=({"at": 1.0, "who": "buyer", "text": "hi"},),
              outbox=(OutboxItem("buyer|kefu:webchat:web:v1", {"type": "reply", "text": "hello"}),))
     assert not await any_store.is_seen("m1")
-    assert await any_store.commit(t) is True
+    ids = await any_store.commit(t)
+    assert ids is not None and len(ids) == 1
     assert await any_store.is_seen("m1")
+    assert await any_store.load_turn("kefu:webchat:web:v1", "m1") == (True, {"stage": "waiting_agent"})
+    assert await any_store.load_turn("kefu:webchat:web:v2", "m9") == (False, None)
+    assert await any_store.outbox_head("buyer|kefu:webchat:web:v1") == ids[0]
     # The same message again changes nothing at all.
     t2 = turn("m1", conversation={"stage": "idle"}, outbox=(OutboxItem("buyer|x", {"text": "again"}),))
-    assert await any_store.commit(t2) is False
+    assert await any_store.commit(t2) is None
     assert await any_store.load_conversation("kefu:webchat:web:v1") == {"stage": "waiting_agent"}
     assert [r.action["text"] for r in await any_store.pending_outbox()] == ["hello"]
     assert (await any_store.get_case("K1001")).data == {"id": "K1001"}  # type: ignore[union-attr]
@@ -58,6 +62,7 @@ async def test_cases_are_found_by_status_and_session_newest_first(any_store: Sto
                     created_at=float(i), data={"n": i}) for i in range(1, 5)]
     await any_store.commit(turn("m", cases=tuple(rows)))
     assert [r.id for r in await any_store.find_cases(status="open")] == ["K2", "K1"]
+    assert await any_store.count_cases("open", 2.0) == 1 and await any_store.count_cases("open", 9.0) == 2
     assert [r.id for r in await any_store.find_cases(session="s0")] == ["K4", "K2"]
     updated = CaseRow(id="K1", session="s1", status="taken", created_at=1.0, data={"n": 1, "x": True})
     await any_store.commit(turn("m2", cases=(updated,)))
@@ -85,8 +90,9 @@ async def test_outbox_retry_done_and_fail(any_store: Store) -> None:
     assert [r.action["n"] for r in rows] == [0, 1, 2] and all(r.attempts == 0 for r in rows)
     await any_store.outbox_retry([rows[0].id], time.time() + 60, "429")
     assert [r.action["n"] for r in await any_store.pending_outbox(due_before=time.time())] == [1, 2]
-    await any_store.outbox_done([rows[1].id])
+    await any_store.outbox_done([rows[1].id], "buyer|a")
     await any_store.outbox_fail([rows[2].id], "gone")
+    assert await any_store.outbox_head("buyer|a") == rows[0].id
     left = await any_store.pending_outbox()
     assert [(r.action["n"], r.attempts, r.error) for r in left] == [(0, 1, "429")]
 
@@ -100,17 +106,23 @@ async def test_mailbox_append_read_and_wait(any_store: Store) -> None:
 
     task = asyncio.create_task(later())
     t0 = time.monotonic()
-    await any_store.mailbox_wait("b", 0, 5.0)
+    items = await any_store.mailbox_read("b", 0, wait=5.0)  # a long poll: woken by the append
     assert time.monotonic() - t0 < 2.0
     await task
-    items = await any_store.mailbox_read("b", 0)
     assert [i[1]["x"] for i in items] == [1, 2]
     assert await any_store.mailbox_read("b", items[0][0]) == items[1:]
     assert await any_store.mailbox_last("b") == items[-1][0]
     t0 = time.monotonic()
-    await any_store.mailbox_wait("b", items[-1][0], 0.2)  # nothing new: times out
+    assert await any_store.mailbox_read("b", items[-1][0], wait=0.2) == []  # nothing new: times out
     assert time.monotonic() - t0 >= 0.19
     assert await any_store.mailbox_read("other", 0) == []
+
+
+async def test_a_keyed_mailbox_append_lands_once(any_store: Store) -> None:
+    first = await any_store.mailbox_append("b", [{"x": 1}, {"x": 2}], key="delivery-7")
+    again = await any_store.mailbox_append("b", [{"x": 1}, {"x": 2}], key="delivery-7")
+    assert len(first) == 2 and again == []
+    assert [i["x"] for _, i in await any_store.mailbox_read("b")] == [1, 2]
 
 
 async def test_locks_serialise_one_session_but_not_others(any_store: Store) -> None:
