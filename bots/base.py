@@ -6,7 +6,7 @@ limits; it degrades what it cannot show (buttons -> numbered text).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from handlers.model import Channel, DeskAction, Reply
 
@@ -36,6 +36,8 @@ class BuyerChannel(Protocol):
 class Desk(Protocol):
     name: str
 
-    async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
-        """Show case news; `card` is the current card of the case (None if it is gone)."""
+    async def publish(
+        self, actions: list[DeskAction], card: Callable[[], Awaitable[dict[str, Any] | None]]
+    ) -> None:
+        """Show case news; `await card()` builds the case's current card (only desks that show it pay)."""
         ...

@@ -167,8 +167,12 @@ class Dispatcher:
         desk = self.desks.get(desk_name)
         if desk is None:
             raise SendError(f"no desk named {desk_name}", permanent=True)
-        row = await self.store.get_case(actions[0].case_id)
-        card = await build_card(self.ctx, Case.model_validate(row.data), time.time()) if row else None
+        case_id = actions[0].case_id
+
+        async def card() -> dict[str, Any] | None:
+            row = await self.store.get_case(case_id)
+            return await build_card(self.ctx, Case.model_validate(row.data), time.time()) if row else None
+
         await desk.publish(actions, card)
 
     async def _failed(

@@ -61,7 +61,8 @@ class Settings(BaseSettings, ShopConfig):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
 
-    @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", "admin_token", mode="before")
+    @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", "admin_token", "telegram_desk_chat",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

@@ -566,8 +566,11 @@ class Telegram:
             text = render_card_text(self.ctx, trimmed)
         return text[:MAX_TEXT]
 
-    async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
-        if self.cfg.desk_chat is None or card is None:
+    async def publish(self, actions: list[DeskAction], load_card: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
+        if self.cfg.desk_chat is None:
+            return
+        card = await load_card()
+        if card is None:
             return
         for a in actions:
             if a.kind == "card":

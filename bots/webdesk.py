@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import time
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -60,12 +60,13 @@ class WebDesk:
         return await handler(request)
 
     # --- outbound: case news goes to the desk feed the page listens to ------------------
-    async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
+    async def publish(self, actions: list[DeskAction], card: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
+        # The page fetches the card itself when it hears of a change: the feed item stays small.
         now = time.time()
         await self.store.mailbox_append(FEED, [
             {"type": a.kind, "case_id": a.case_id, "who": a.who, "agent": a.agent,
              "text": mask(a.text) if a.who == "buyer" else a.text,
-             "photos": [p.id for p in a.photos], "status": card["status"] if card else None, "at": now}
+             "photos": [p.id for p in a.photos], "at": now}
             for a in actions
         ])
 

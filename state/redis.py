@@ -88,6 +88,24 @@ unlock()
 return ids
 """
 
+_OUTBOX_CLOSE = """
+-- ARGV: ns, status, error, ttl, now, lock, token, then pairs of (id, target)
+local ns, status, err, ttl, now, lock, token = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+for i = 8, #ARGV, 2 do
+  local id, target = ARGV[i], ARGV[i + 1]
+  local key = ns..':ob:'..id
+  if err ~= '' then redis.call('HSET', key, 'status', status, 'next_at', now, 'error', err)
+  else redis.call('HSET', key, 'status', status, 'next_at', now) end
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZREM', ns..':ob:pending', id)
+  redis.call('ZREM', ns..':ob:due', id)
+  if target ~= '' then redis.call('ZREM', ns..':ob:t:'..target, id) end
+end
+if lock ~= '' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
+return 1
+"""
+
 _BEGIN_TURN = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
 return {1, redis.call('EXISTS', KEYS[2]), redis.call('GET', KEYS[3])}
@@ -162,6 +180,7 @@ class RedisStore:
         self._renew = self.r.register_script(_RENEW)
         self._release = self.r.register_script(_RELEASE)
         self._begin = self.r.register_script(_BEGIN_TURN)
+        self._close = self.r.register_script(_OUTBOX_CLOSE)
         self._claim = self.r.register_script(_CLAIM_TARGET)
         self._held: dict[str, dict[str, bool]] = {}  # lease token -> still held (for renewals)
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
@@ -424,21 +443,15 @@ class RedisStore:
     async def _outbox_close(self, ids: list[int], status: str, error: str | None, ttl: int,
                             target: str | None, unlock: tuple[str, str] | None = None) -> None:
         if not ids:
+            if unlock is not None:
+                await self._release(keys=[unlock[0]], args=[unlock[1]])
             return
         targets = {i: target for i in ids} if target is not None else await self._targets(ids)
-        pipe = self.r.pipeline(transaction=True)
+        pairs: list[Any] = []
         for i in ids:
-            key = self.k("ob", i)
-            pipe.hset(key, mapping={"status": status, "next_at": repr(time.time()), **({"error": error} if error else {})})
-            pipe.hincrby(key, "attempts", 1)
-            pipe.expire(key, ttl)
-            pipe.zrem(self.k("ob", "pending"), i)
-            pipe.zrem(self.k("ob", "due"), i)
-            if i in targets:
-                pipe.zrem(self.k("ob", "t", targets[i]), i)
-        if unlock is not None:
-            await self._release(keys=[unlock[0]], args=[unlock[1]], client=pipe)
-        await pipe.execute()
+            pairs += [i, targets.get(i) or ""]
+        await self._close(args=[self.ns, status, error or "", ttl, repr(time.time()),
+                                unlock[0] if unlock else "", unlock[1] if unlock else "", *pairs])
 
     async def outbox_retry(self, ids: list[int], next_at: float, error: str) -> None:
         pipe = self.r.pipeline(transaction=True)

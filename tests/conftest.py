@@ -47,7 +47,8 @@ def engine(ctx: Context) -> Engine:
 
 
 def make_settings(data_dir: Path, **extra: object) -> Settings:
-    return Settings(data_dir=data_dir, desk_token=TOKEN, **{**ALWAYS_OPEN, **extra})  # type: ignore[arg-type]
+    return Settings(data_dir=data_dir, desk_token=TOKEN, admin_token="test-admin-token",  # type: ignore[arg-type]
+                    **{**ALWAYS_OPEN, **extra})
 
 
 class Running:

@@ -40,8 +40,9 @@ class RecordingDesk:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
 
-    async def publish(self, actions: list[DeskAction], card: dict[str, Any] | None) -> None:
-        self.seen.extend((a.kind, a.text, card["status"] if card else None) for a in actions)
+    async def publish(self, actions: list[DeskAction], card: Any) -> None:
+        current = await card()
+        self.seen.extend((a.kind, a.text, current["status"] if current else None) for a in actions)
 
 
 async def run(ctx: Context, platform: RateLimitedPlatform, max_attempts: int = 8) -> tuple[Engine, Dispatcher, RecordingDesk]:

@@ -244,3 +244,40 @@ async def test_nothing_acknowledged_is_lost_when_redis_restarts(tmp_path: Path, 
         for p in procs:
             p.kill(signal.SIGTERM)
     _ = os
+
+
+async def test_an_edit_made_in_one_process_is_served_by_all_within_two_seconds(tmp_path: Path, namespace: str) -> None:
+    env = kefu_env(REDIS_URL, namespace, tmp_path / "data")
+    procs: list[Proc] = []
+    try:
+        front = web(env, tmp_path)
+        procs += [front, worker(env, tmp_path, 0), worker(env, tmp_path, 1)]
+        admin = {"Authorization": "Bearer test-admin-token"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{front.base}/api/admin/templates/faq/zh-CN/invoice", headers=admin) as resp:
+                source = (await resp.json())["source"]
+            new = source.replace(source.split("answer:", 1)[1],
+                                 " |\n  亲，本店所有订单都可以开电子发票，专票请联系客服～（新版）\n")
+            async with http.put(f"{front.base}/api/admin/templates/faq/zh-CN/invoice", headers=admin,
+                                json={"source": new}) as resp:
+                assert resp.status == 200, await resp.text()
+            edited_at = time.monotonic()
+            # Buyers are handled by the two workers (the web process only takes messages in).
+            seen_new_at = None
+            for n in range(40):
+                b = Buyer(http, front.base, 10_000 + n)
+                await b.post({"text": "能开发票吗"}, f"{b.visitor}-0")
+                reply = await b.next_reply(timeout=10)
+                if "（新版）" in reply:
+                    seen_new_at = time.monotonic()
+                    break
+                await asyncio.sleep(0.1)
+            assert seen_new_at is not None and seen_new_at - edited_at < 2.0
+            # From then on every buyer, on any worker, gets the new answer.
+            for n in range(10):
+                b = Buyer(http, front.base, 20_000 + n)
+                await b.post({"text": "能开发票吗"}, f"{b.visitor}-0")
+                assert "（新版）" in await b.next_reply(timeout=10)
+    finally:
+        for p in procs:
+            p.kill(signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -16,7 +17,8 @@ from bots.app import KEY, Kefu, create_app
 from handlers.model import Case
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram
-from tests.support import ORDER_OK, TOKEN, WebAgent, jpeg, png
+from state.redis import RedisStore
+from tests.support import ORDER_OK, REDIS_URL, TOKEN, WebAgent, jpeg, png
 
 Json = dict[str, Any]
 
@@ -122,6 +124,24 @@ async def hook_world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 async def test_damaged_parcel_claim_with_an_album_to_a_forum_desk_and_back(world: World) -> None:
+    await album_story(world)
+
+
+async def test_the_same_story_on_redis_with_a_separate_worker_role(tmp_path: Path) -> None:
+    """Redis store: updates are stored by the polling process and handled from the stream."""
+    ns = f"kefu-tg-{uuid.uuid4().hex[:8]}"
+    w = await start_world(tmp_path, redis_url=REDIS_URL, redis_namespace=ns, ingress_partitions=4)
+    try:
+        await album_story(w)
+    finally:
+        await w.server.close()
+        await w.fake.close()
+        cleanup = RedisStore(REDIS_URL, namespace=ns)
+        await cleanup.drop_namespace()
+        await cleanup.r.aclose()
+
+
+async def album_story(world: World) -> None:
     fake, desk = world.fake, world.desk
     buyer = fake.user("小李", username="xiaoli")
     fake.text(buyer, "/start")
