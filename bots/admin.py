@@ -104,6 +104,6 @@ class Admin:
             await asyncio.to_thread(Wording, self.ctx.wording.root, self.ctx.wording.default_locale, overrides)
         except TemplateProblem as exc:
             return json_response({"error": "not saved: the template has problems", "problems": exc.problems}, 422)
-        version = await self.store.put_template(key, source)
+        version = await self.store.put_templates({key: source}, author="api")
         await asyncio.to_thread(reload_wording, self.ctx, overrides)
         return json_response({"ok": True, "key": key, "version": version})

@@ -128,7 +128,7 @@ async def _idle_turn(
         c.misses = 0
         t.say("thanks_reply")
     elif t.ctx.wording.faq(label, c.locale) is not None:
-        _answer_faq(t, label)
+        _answer_faq(t, label, text)
     elif label == "clarify":
         c.misses = 0
         c.clarified_text = text  # if the buyer picks a claim, this message already describes it
@@ -136,6 +136,7 @@ async def _idle_turn(
         t.say("clarify", buttons=choices + ["human"])
     else:
         c.misses += 1
+        t.miss(text, "unknown")
         if c.misses >= t.ctx.cfg.misses_before_handoff:
             await hand_off(t, "bot_stuck")
         else:
@@ -182,14 +183,14 @@ async def _on_payload(t: Turn, payload: str) -> bool:
     return True
 
 
-def _answer_faq(t: Turn, faq_id: str) -> None:
+def _answer_faq(t: Turn, faq_id: str, question: str = "") -> None:
     c, w = t.c, t.ctx.wording
     entry = w.faq(faq_id, c.locale)
     assert entry is not None
     text = w.faq_answer(faq_id, c.locale, **t.values())
     t.say_text(text, buttons=list(entry.buttons) + ["helpful:no"])
     c.faq_given.append(FaqGiven(at=t.now, faq_id=faq_id, title=entry.title))
-    c.last_answer, c.misses = faq_id, 0
+    c.last_answer, c.last_question, c.misses = faq_id, question or c.last_question, 0
 
 
 def _unhelpful(t: Turn) -> None:
@@ -197,6 +198,8 @@ def _unhelpful(t: Turn) -> None:
     c = t.c
     last = c.last_answer
     c.last_answer = None
+    if last and c.last_question:
+        t.miss(c.last_question, "unhelpful", last)
     entry = t.ctx.wording.faq(last, c.locale) if last else None
     others: list[str] = []
     if entry is not None:

@@ -28,3 +28,4 @@ class Outcome:
     detail: str = ""
     duplicate: bool = False
     case_id: str | None = None  # the case this turn created or acted on
+    misses: list[dict[str, str]] = field(default_factory=list)  # for the admin's misses page

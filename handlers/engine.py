@@ -131,4 +131,5 @@ class Engine:
         return Turn(
             message_id=key, session=session, conversation=convo, cases=cases,
             transcript=tuple(transcript), outbox=tuple(outbox), at=at, turn_id=uuid.uuid4().hex,
+            misses=tuple(outcome.misses),
         )

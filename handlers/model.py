@@ -184,6 +184,7 @@ class Conversation(BaseModel):
     misses: int = 0
     faq_given: list[FaqGiven] = Field(default_factory=list)
     last_answer: str | None = None  # FAQ id of the last answer (for "did not help")
+    last_question: str | None = None  # what the buyer asked when that answer was given
     clarified_text: str | None = None  # the message a "您是不是想问" was about
     buttons: list[Button] = Field(default_factory=list)
     turns: int = 0

@@ -42,6 +42,7 @@ class Turn:
         self.error: str | None = None
         self.detail = ""
         self.case_id: str | None = None
+        self.misses: list[dict[str, str]] = []
 
     # --- wording ------------------------------------------------------------------
     def values(self, **extra: Any) -> dict[str, Any]:
@@ -123,8 +124,15 @@ class Turn:
         """1 = next in line: open cases created before this one, plus one."""
         return 1 + await self.ctx.store.count_cases("open", case.created_at)
 
+    def miss(self, question: str, kind: str, answered: str = "") -> None:
+        """Note a question the bot could not answer (or whose answer did not help)."""
+        norm = normalize(question)
+        if norm:
+            self.misses.append({"question": question.strip()[:500], "norm": norm[:200], "kind": kind,
+                                "answered": answered, "locale": self.c.locale})
+
     def outcome(self) -> Outcome:
         return Outcome(
             conversation=self.c, cases=list(self.cases.values()), actions=self.actions,
-            error=self.error, detail=self.detail, case_id=self.case_id,
+            error=self.error, detail=self.detail, case_id=self.case_id, misses=self.misses,
         )

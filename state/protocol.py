@@ -78,6 +78,9 @@ class Turn:
     outbox: tuple[OutboxItem, ...] = ()
     at: float = 0.0
     turn_id: str = field(default="")
+    # Questions the bot could not answer, or answers a buyer marked unhelpful:
+    # {"question", "norm", "locale", "kind": "unknown"|"unhelpful", "answered": faq id or ""}
+    misses: tuple[dict[str, Any], ...] = ()
 
 
 class LockTimeout(TimeoutError):
@@ -249,9 +252,20 @@ class Store(Protocol):
         """key ("messages/zh-CN/greeting", "faq/en/invoice") -> source, as edited."""
         ...
 
-    async def put_template(self, key: str, source: str | None) -> int:
-        """Store (or with None, drop) an edited template; returns the new config version."""
+    async def put_templates(self, changes: dict[str, str | None], author: str = "", note: str = "") -> int:
+        """Store edited templates at once (None drops an edit); every change is kept in the
+        key's history with who, when and the source before. Returns the new config version."""
         ...
+
+    async def template_history(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: {"version", "key", "source", "previous", "author", "note", "at"}."""
+        ...
+
+    async def list_misses(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Most frequent first: {"norm", "question", "count", "kind", "answered", "locale", "last_at"}."""
+        ...
+
+    async def dismiss_miss(self, norm: str) -> None: ...
 
     async def expire(self, now: float | None = None) -> None:
         """Drop what has outlived its TTL (stores with native TTLs may do nothing)."""

@@ -33,7 +33,7 @@ from dataclasses import replace
 from typing import Any, AsyncIterator
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
 from state.tasks import stop_if_cancelled
@@ -57,6 +57,7 @@ local ns, mid, session, conv, now, turn = ARGV[1], ARGV[2], ARGV[3], ARGV[4], AR
 local seen_ttl, conv_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
 local cases, lines, outbox = cjson.decode(ARGV[9]), cjson.decode(ARGV[10]), cjson.decode(ARGV[11])
 local lock, token = ARGV[12], ARGV[13]
+local misses = cjson.decode(ARGV[14])
 local function unlock()
   if lock ~= '' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
 end
@@ -74,6 +75,12 @@ for _, e in ipairs(lines) do
   redis.call('ZADD', ns..':tr:'..session, e.at, string.format('%015d', seq)..'|'..e.doc)
 end
 if #lines > 0 then redis.call('EXPIRE', ns..':tr:'..session, conv_ttl) end
+for _, m in ipairs(misses) do
+  local key = ns..':miss:'..m.norm
+  redis.call('HSET', key, 'norm', m.norm, 'question', m.question, 'kind', m.kind, 'answered', m.answered,
+             'locale', m.locale, 'last_at', now)
+  redis.call('ZINCRBY', ns..':misses', 1, m.norm)
+end
 local ids = {}
 for _, o in ipairs(outbox) do
   local id = redis.call('INCR', ns..':seq:ob')
@@ -346,6 +353,9 @@ class RedisStore:
             now, turn.turn_id or turn.message_id, SEEN_TTL, CONVERSATION_TTL,
             _dumps(cases) if cases else "[]", _dumps(lines) if lines else "[]", _dumps(outbox) if outbox else "[]",
             lock[0] if lock else "", lock[1] if lock else "",
+            _dumps([{"norm": m["norm"], "question": m["question"], "kind": m.get("kind", "unknown"),
+                     "answered": m.get("answered", ""), "locale": m.get("locale", "")} for m in turn.misses])
+            if turn.misses else "[]",
         ])
         if result == -1:
             return None
@@ -742,14 +752,55 @@ class RedisStore:
     async def template_overrides(self) -> dict[str, str]:
         return dict(await self.r.hgetall(self.k("cfg", "templates")))
 
-    async def put_template(self, key: str, source: str | None) -> int:
+    async def put_templates(self, changes: dict[str, str | None], author: str = "", note: str = "") -> int:
+        # WATCH the edited keys' sources so the recorded "previous" is the one replaced.
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.k("cfg", "templates"))
+                    before = await pipe.hmget(self.k("cfg", "templates"), list(changes)) if changes else []
+                    version = int(await pipe.get(self.k("cfg", "version")) or 0) + 1
+                    pipe.multi()
+                    now = time.time()
+                    for (key, source), old in zip(changes.items(), before, strict=True):
+                        if source is None:
+                            pipe.hdel(self.k("cfg", "templates"), key)
+                        else:
+                            pipe.hset(self.k("cfg", "templates"), key, source)
+                        pipe.lpush(self.k("cfg", "history", key), _dumps({
+                            "version": version, "key": key, "source": source, "previous": old,
+                            "author": author, "note": note, "at": now}))
+                        pipe.ltrim(self.k("cfg", "history", key), 0, 199)
+                    pipe.set(self.k("cfg", "version"), version)
+                    await pipe.execute()
+                    return version
+                except WatchError:
+                    continue  # someone else edited at the same moment: read again
+
+    async def template_history(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in await self.r.lrange(self.k("cfg", "history", key), 0, limit - 1)]
+
+    async def list_misses(self, limit: int = 100) -> list[dict[str, Any]]:
+        top = await self.r.zrevrange(self.k("misses"), 0, limit - 1, withscores=True)
+        if not top:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for norm, _ in top:
+            pipe.hgetall(self.k("miss", norm))
+        out = []
+        for (norm, count), h in zip(top, await pipe.execute(), strict=True):
+            if h:
+                out.append({"norm": norm, "question": h.get("question", ""), "count": int(count),
+                            "kind": h.get("kind", ""), "answered": h.get("answered", ""),
+                            "locale": h.get("locale", ""), "last_at": float(h.get("last_at") or 0)})
+        out.sort(key=lambda m: (-m["count"], -m["last_at"]))
+        return out
+
+    async def dismiss_miss(self, norm: str) -> None:
         pipe = self.r.pipeline(transaction=True)
-        if source is None:
-            pipe.hdel(self.k("cfg", "templates"), key)
-        else:
-            pipe.hset(self.k("cfg", "templates"), key, source)
-        pipe.incr(self.k("cfg", "version"))
-        return int((await pipe.execute())[-1])
+        pipe.zrem(self.k("misses"), norm)
+        pipe.delete(self.k("miss", norm))
+        await pipe.execute()
 
     async def expire(self, now: float | None = None) -> None:
         """Redis expires keys itself; nothing to sweep."""

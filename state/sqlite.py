@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS mailbox_keys (key TEXT PRIMARY KEY, at REAL NOT NULL)
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS templates (key TEXT PRIMARY KEY, source TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS template_history (
+    version INTEGER NOT NULL, key TEXT NOT NULL, source TEXT, previous TEXT, author TEXT NOT NULL,
+    note TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS template_history_key ON template_history(key, version);
+CREATE TABLE IF NOT EXISTS misses (
+    norm TEXT PRIMARY KEY, question TEXT NOT NULL, count INTEGER NOT NULL, kind TEXT NOT NULL,
+    answered TEXT NOT NULL, locale TEXT NOT NULL, last_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS ingress (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, key TEXT NOT NULL UNIQUE,
     lane TEXT NOT NULL, grp TEXT, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -215,6 +222,15 @@ class SQLiteStore:
                         "INSERT INTO cases(id, session, status, created_at, data) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT(id) DO UPDATE SET status=excluded.status, data=excluded.data",
                         (case.id, case.session, case.status, case.created_at, _dumps(case.data)),
+                    )
+                for miss in turn.misses:
+                    db.execute(
+                        "INSERT INTO misses(norm, question, count, kind, answered, locale, last_at) "
+                        "VALUES (?, ?, 1, ?, ?, ?, ?) ON CONFLICT(norm) DO UPDATE SET count=count+1, "
+                        "question=excluded.question, kind=excluded.kind, answered=excluded.answered, "
+                        "last_at=excluded.last_at",
+                        (miss["norm"], miss["question"], miss.get("kind", "unknown"), miss.get("answered", ""),
+                         miss.get("locale", ""), turn.at or now),
                     )
                 db.executemany(
                     "INSERT INTO transcript(session, at, data) VALUES (?, ?, ?)",
@@ -536,26 +552,57 @@ class SQLiteStore:
 
         return await self._run(q)
 
-    async def put_template(self, key: str, source: str | None) -> int:
+    async def put_templates(self, changes: dict[str, str | None], author: str = "", note: str = "") -> int:
         now = time.time()
 
         def tx(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if source is None:
-                    db.execute("DELETE FROM templates WHERE key=?", (key,))
-                else:
-                    db.execute("INSERT INTO templates(key, source, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
-                               "DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at", (key, source, now))
                 row = db.execute("INSERT INTO meta(key, value) VALUES ('config_version', '1') ON CONFLICT(key) "
                                  "DO UPDATE SET value=CAST(value AS INTEGER)+1 RETURNING value").fetchone()
+                version = int(row[0])
+                for key, source in changes.items():
+                    old = db.execute("SELECT source FROM templates WHERE key=?", (key,)).fetchone()
+                    if source is None:
+                        db.execute("DELETE FROM templates WHERE key=?", (key,))
+                    else:
+                        db.execute("INSERT INTO templates(key, source, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                                   "DO UPDATE SET source=excluded.source, updated_at=excluded.updated_at",
+                                   (key, source, now))
+                    db.execute("INSERT INTO template_history(version, key, source, previous, author, note, at) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (version, key, source, old[0] if old else None, author, note, now))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return int(row[0])
+            return version
 
         return await self._run(tx)
+
+    async def template_history(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT version, key, source, previous, author, note, at FROM template_history "
+                              "WHERE key=? ORDER BY version DESC LIMIT ?", (key, limit)).fetchall()
+            return [dict(zip(("version", "key", "source", "previous", "author", "note", "at"), r, strict=True))
+                    for r in rows]
+
+        return await self._run(q)
+
+    async def list_misses(self, limit: int = 100) -> list[dict[str, Any]]:
+        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT norm, question, count, kind, answered, locale, last_at FROM misses "
+                              "ORDER BY count DESC, last_at DESC LIMIT ?", (limit,)).fetchall()
+            return [dict(zip(("norm", "question", "count", "kind", "answered", "locale", "last_at"), r, strict=True))
+                    for r in rows]
+
+        return await self._run(q)
+
+    async def dismiss_miss(self, norm: str) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM misses WHERE norm=?", (norm,))
+
+        await self._run(tx)
 
     async def queue_depths(self) -> dict[str, int]:
         def q(db: sqlite3.Connection) -> dict[str, int]:

@@ -309,3 +309,13 @@ async def test_did_you_mean_never_offers_the_same_button_twice(engine: Engine) -
         for r in await b.send(text):
             payloads = [x.payload for x in r.buttons]
             assert len(payloads) == len(set(payloads)), (text, payloads)
+
+
+async def test_unanswered_and_unhelpful_questions_are_noted_for_the_admin(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send("给我讲个笑话吧")
+    await b.send("能开发票吗")
+    await b.send("没用")
+    misses = {m["question"]: m for m in await engine.store.list_misses()}
+    assert misses["给我讲个笑话吧"]["kind"] == "unknown"
+    assert misses["能开发票吗"]["kind"] == "unhelpful" and misses["能开发票吗"]["answered"] == "invoice"

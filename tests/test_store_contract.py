@@ -168,12 +168,17 @@ async def test_a_held_lock_times_out_for_others(any_store: Store) -> None:
 
 async def test_edited_templates_and_the_config_version(any_store: Store) -> None:
     assert await any_store.config_version() == 0 and await any_store.template_overrides() == {}
-    v1 = await any_store.put_template("faq/zh-CN/invoice", "id: invoice")
-    v2 = await any_store.put_template("messages/en/greeting", "Hi")
+    v1 = await any_store.put_templates({"faq/zh-CN/invoice": "id: invoice"}, author="ann", note="first")
+    v2 = await any_store.put_templates({"messages/en/greeting": "Hi"})
     assert v2 > v1 >= 1 and await any_store.config_version() == v2
     assert await any_store.template_overrides() == {"faq/zh-CN/invoice": "id: invoice", "messages/en/greeting": "Hi"}
-    await any_store.put_template("messages/en/greeting", None)
+    v3 = await any_store.put_templates({"messages/en/greeting": None, "faq/zh-CN/invoice": "id: invoice2"},
+                                       author="bob", note="import")
     assert list(await any_store.template_overrides()) == ["faq/zh-CN/invoice"]
+    history = await any_store.template_history("faq/zh-CN/invoice")
+    assert [(h["version"], h["source"], h["previous"], h["author"]) for h in history] == [
+        (v3, "id: invoice2", "id: invoice", "bob"), (v1, "id: invoice", None, "ann")]
+    assert history[1]["note"] == "first" and history[0]["at"] >= history[1]["at"]
 
 
 async def test_ping(any_store: Store) -> None:
@@ -215,3 +220,17 @@ async def test_meta_can_be_overwritten(any_store: Store) -> None:
     await any_store.set_meta("offset", "5")
     await any_store.set_meta("offset", "9")
     assert await any_store.get_meta("offset") == "9"
+
+
+async def test_misses_are_counted_with_the_turn(any_store: Store) -> None:
+    miss = {"question": "能开专票吗", "norm": "能开专票吗", "locale": "zh-CN", "kind": "unknown", "answered": ""}
+    await any_store.commit(turn("m1", misses=(miss,)))
+    await any_store.commit(turn("m1", misses=(miss,)))  # a retried message is not counted twice
+    await any_store.commit(turn("m2", misses=({**miss, "kind": "unhelpful", "answered": "invoice"},)))
+    other = {"question": "有猫砂吗", "norm": "有猫砂吗", "locale": "zh-CN", "kind": "unknown", "answered": ""}
+    await any_store.commit(turn("m3", misses=(other,)))
+    listed = await any_store.list_misses()
+    assert [(m["norm"], m["count"]) for m in listed] == [("能开专票吗", 2), ("有猫砂吗", 1)]
+    assert listed[0]["kind"] == "unhelpful" and listed[0]["answered"] == "invoice"
+    await any_store.dismiss_miss("能开专票吗")
+    assert [m["norm"] for m in await any_store.list_misses()] == ["有猫砂吗"]
