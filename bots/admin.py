@@ -15,10 +15,10 @@ import asyncio
 import hmac
 from aiohttp import web
 
+from bots.editor import Editor, Rejected
 from bots.http import BadRequest, error, json_response, read_json
 from handlers.context import Context
-from handlers.setup import reload_wording
-from handlers.wording import TemplateProblem, Wording, file_sources, valid_key
+from handlers.wording import file_sources, valid_key
 from state.protocol import Store
 
 
@@ -27,6 +27,7 @@ class Admin:
         self.ctx = ctx
         self.store = store
         self.token = token
+        self.editor = Editor(ctx, store)  # the admin pages save through the same one
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -94,16 +95,10 @@ class Admin:
         return await self._save(key, "" if key in files and key.startswith("faq/") else None)
 
     async def _save(self, key: str, source: str | None) -> web.Response:
-        overrides = await self.store.template_overrides()
-        if source is None:
-            overrides.pop(key, None)
-        else:
-            overrides[key] = source
         try:
-            # Validate the whole set as it would be served: the old version keeps serving otherwise.
-            await asyncio.to_thread(Wording, self.ctx.wording.root, self.ctx.wording.default_locale, overrides)
-        except TemplateProblem as exc:
-            return json_response({"error": "not saved: the template has problems", "problems": exc.problems}, 422)
-        version = await self.store.put_templates({key: source}, author="api")
-        await asyncio.to_thread(reload_wording, self.ctx, overrides)
+            # Validated as a whole, as it would be served: the old version keeps serving otherwise.
+            version = await self.editor.save({key: source}, author="api")
+        except Rejected as exc:
+            return json_response({"error": "not saved: the template has problems",
+                                  "problems": [p.text() for p in exc.problems]}, 422)
         return json_response({"ok": True, "key": key, "version": version})

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from bots import metrics
 from bots.admin import Admin
+from bots.adminpages import AdminPages
 from bots.dispatcher import Dispatcher
 from bots.http import MediaSigner, error
 from bots.pages import Pages
@@ -29,6 +30,7 @@ from bots.settings import Settings
 from bots.telegram import Telegram, TelegramSettings
 from bots.webchat import WebChat
 from bots.webdesk import WebDesk
+from bots.wecom import WeCom, WeComSettings
 from handlers.context import Context
 from handlers.engine import Engine
 from handlers.setup import build_context, reload_wording
@@ -65,6 +67,7 @@ class Kefu:
     desk_token: str
     admin_token: str
     telegram: Telegram | None = None
+    wecom: WeCom | None = None
     config_version: int = 0
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     stopper: Stopper = field(default_factory=Stopper)
@@ -100,6 +103,20 @@ def _telegram(settings: Settings, ctx: Context, media: MediaStore) -> Telegram |
     ), ctx, media)
 
 
+def _wecom(settings: Settings, ctx: Context, media: MediaStore) -> WeCom | None:
+    needed = (settings.wecom_corp_id, settings.wecom_secret, settings.wecom_token, settings.wecom_aes_key)
+    if not all(needed):
+        return None
+    secret = lambda v: v.get_secret_value() if v is not None else ""  # noqa: E731
+    return WeCom(WeComSettings(
+        corp_id=settings.wecom_corp_id, secret=secret(settings.wecom_secret), token=secret(settings.wecom_token),
+        aes_key=secret(settings.wecom_aes_key), agent_id=settings.wecom_agent_id,
+        open_kfid=settings.wecom_open_kfid, api_url=settings.wecom_api_url,
+        robot_key=secret(settings.wecom_robot_key), agents=dict(settings.wecom_agents),
+        handoff_pool=settings.wecom_handoff_pool, max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
+    ), ctx, media)
+
+
 def _secret_setting(value: Any) -> str | None:
     return value.get_secret_value().strip() or None if value is not None else None
 
@@ -119,7 +136,8 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
     await store.open()
     try:
         version = await store.config_version()
-        ctx = build_context(settings.shop(), store, settings.templates_dir, await store.template_overrides())
+        ctx = await asyncio.to_thread(build_context, settings.shop(), store, settings.templates_dir,
+                                      await store.template_overrides(), data_dir / "cache")
     except Exception:
         await store.close()
         raise
@@ -139,12 +157,17 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
         channels[telegram.platform] = telegram
         if settings.telegram_desk_chat is not None:
             desks[telegram.name] = telegram
+    wecom = _wecom(settings, ctx, media) if platforms else None
+    if wecom is not None:
+        channels[wecom.platform] = wecom
+        if settings.wecom_robot_key is not None or settings.wecom_agent_id is not None:
+            desks[wecom.name] = wecom
     dispatcher = Dispatcher(ctx, channels=channels, desks=desks, max_attempts=settings.send_max_attempts)
     engine = Engine(ctx, desks=list(desks), on_commit=dispatcher.flush, on_handled=_observe)
     dispatcher.report_failure = engine.handle
     webchat.engine = webdesk.engine = engine
     kefu = Kefu(settings, role, store, media, ctx, engine, dispatcher, webchat, webdesk,
-                Admin(ctx, store, admin_token), desk_token, admin_token, telegram, version)
+                Admin(ctx, store, admin_token), desk_token, admin_token, telegram, wecom, version)
     handles = role in ("all", "worker")
     await dispatcher.start()
     try:
@@ -153,6 +176,9 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
         if telegram is not None:
             telegram.engine = engine
             await telegram.start(ingress=role in ("all", "web"), handle=handles)
+        if wecom is not None:
+            wecom.engine, wecom.flush = engine, dispatcher.flush_target
+            await wecom.start(handle=handles)
     except Exception:
         await stop_kefu(kefu)
         raise
@@ -166,6 +192,8 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
 async def stop_kefu(kefu: Kefu) -> None:
     if kefu.telegram is not None:
         await kefu.telegram.stop()
+    if kefu.wecom is not None:
+        await kefu.wecom.stop()
     await kefu.webchat.worker.stop()
     await kefu.stopper.finish(kefu.tasks)
     await kefu.dispatcher.stop()
@@ -277,6 +305,9 @@ async def create_app(settings: Settings, platforms: bool = True, role: Role = "a
     app.add_routes(kefu.webchat.routes())
     app.add_routes(kefu.webdesk.routes())
     app.add_routes(kefu.admin.routes())
+    app.add_routes((await AdminPages.start(kefu)).routes())
     if kefu.telegram is not None:
         app.add_routes(kefu.telegram.routes())
+    if kefu.wecom is not None:
+        app.add_routes(kefu.wecom.routes())
     return app

@@ -3,6 +3,7 @@
     kefu demo   [--host 127.0.0.1] [--port 8080] [--data-dir ./kefu-data] [--config kefu.toml]
     kefu run    [same options] [--workers N] [--role all|web]
     kefu worker [--data-dir ...] [--config ...] [--port 0]      # needs KEFU_REDIS_URL
+    kefu route  --faq FAQ.yaml ["message" | --eval QUESTIONS.tsv]
 
 `demo` runs the web chat and web desk on embedded defaults. `run` also starts every
 platform whose settings are present; with `--workers N` (Redis) it runs the web
@@ -49,6 +50,7 @@ def setup_logging(level: str, tag: str = "") -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kefu", description="kefu (客服): customer-service bot for online shops")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("route", help="route messages with an FAQ sheet, or measure routing (kefu route -h)")
     for name, help_ in (
         ("demo", "run the web chat and web desk on embedded defaults (no Redis, no platform tokens)"),
         ("run", "run the web chat, the web desk and every platform whose settings are present"),
@@ -160,6 +162,11 @@ async def run_with_workers(settings: Any, role: str, workers: int, worker_argv: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["route"]:  # its own options; needs no settings or store
+        from bots.route_cli import main as route_main
+
+        return route_main(raw[1:])
     args = _parser().parse_args(argv)
     workers = getattr(args, "workers", 0) or 0
     if workers and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from itertools import groupby
+from itertools import groupby, takewhile
 from typing import Any, Awaitable, Callable
 
 from pydantic import TypeAdapter
@@ -112,10 +112,17 @@ class Dispatcher:
             else:
                 rows = await self.store.pending_outbox(target=target, limit=200)
             now = time.time()
-            # One turn's items for one target go out together (and stay in order).
-            for _, group in groupby(rows, key=lambda r: r.turn):
-                batch = list(group)
-                if batch[0].next_at > now:
+            # One turn's items for one target go out together (and stay in order); a channel
+            # that counts messages (WeCom kf) takes everything due at once, to merge it.
+            merge = target.startswith("buyer|") and getattr(
+                self.channels.get(split_session_key(target.split("|", 1)[1])[0]), "merge_turns", False)
+            if merge:
+                due = list(takewhile(lambda r: r.next_at <= now, rows))
+                groups = [due] if due else [rows[:1]]
+            else:
+                groups = [list(g) for _, g in groupby(rows, key=lambda r: r.turn)]
+            for batch in groups:
+                if not batch or batch[0].next_at > now:
                     break  # backing off: later items must wait, or order breaks
                 if sent:  # a backlog: mark each batch as soon as the next one is due
                     await self.store.outbox_done(sent, target)
@@ -184,7 +191,8 @@ class Dispatcher:
         if permanent or attempts >= self.max_attempts:
             metrics.SEND_FAILURES.labels(kind).inc(len(batch))
             await self.store.outbox_fail(ids, error, target)
-            log.error("gave up sending after %d attempts", attempts, extra={"session": target, "message_id": batch[0].turn})
+            log.error("gave up sending after %d attempts: %s", attempts, error[:200],
+                      extra={"session": target, "message_id": batch[0].turn})
             if target.startswith("buyer|") and self.report_failure is not None:
                 reply = _ACTION.validate_python(batch[0].action)
                 await self.report_failure(SendFailed(

@@ -26,14 +26,16 @@ Handle = Callable[[list[IngressRow]], Awaitable[None]]
 class IngressWorker:
     def __init__(
         self, store: Store, source: str, handle: Handle, *, group_window: float = 1.0,
-        max_attempts: int = 5, parallel_lanes: int = 16, poll_interval: float = 0.5,
+        max_attempts: int = 5, parallel_lanes: int = 16, poll_interval: float = 0.5, whole_lane: bool = False,
     ) -> None:
+        """whole_lane: hand every pending row of a lane over at once (a burst), in order."""
         self.store = store
         self.source = source
         self.handle = handle
         self.group_window = group_window
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
+        self.whole_lane = whole_lane
         self._sem = asyncio.Semaphore(parallel_lanes)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +133,7 @@ class IngressWorker:
         try:
             async with self._sem:
                 while rows:
-                    batch = _next_turn(rows)
+                    batch = list(rows) if self.whole_lane else _next_turn(rows)
                     if batch[0].grp is not None:
                         newest = max(r.created_at for r in batch)
                         quiet = time.time() - newest

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ class Settings(BaseSettings, ShopConfig):
     public_url: str = ""  # how buyers and agents reach this server (printed, used in links)
     desk_token: SecretStr | None = None  # generated and kept in the store when unset
     admin_token: SecretStr | None = None  # for /api/admin; generated and kept when unset
+    # The /admin pages: a scrypt hash (python -m bots.adminpages hash-password), or a plain
+    # password from the environment only (KEFU_ADMIN_PASSWORD), hashed in memory at start.
+    admin_password_hash: str | None = None
+    admin_password: SecretStr | None = None
+    admin_session_hours: float = Field(default=8.0, gt=0)
+    admin_locale: str = "zh-CN"  # the language of the admin pages
     redis_url: str = ""  # set: Redis store (several processes); unset: embedded SQLite in data_dir
     redis_namespace: str = "kefu"
     ingress_partitions: int = 16  # lanes hash to partitions; one process handles a partition at a time
@@ -44,6 +51,17 @@ class Settings(BaseSettings, ShopConfig):
     telegram_webhook_url: str = ""  # set: webhook mode at this public URL (path /api/telegram/webhook)
     telegram_webhook_secret: SecretStr | None = None  # generated and kept when unset
     telegram_poll_timeout: int = 25
+    # WeCom (企业微信 + 微信客服): starts with `kefu run` when corp id, secret, token and AES key are set
+    wecom_corp_id: str = ""
+    wecom_secret: SecretStr | None = None  # the self-built app allowed to call 微信客服 (and to message agents)
+    wecom_token: SecretStr | None = None  # the callback Token
+    wecom_aes_key: SecretStr | None = None  # the callback EncodingAESKey
+    wecom_agent_id: int | None = None  # that app's AgentId: agents write to it, kefu answers through it
+    wecom_open_kfid: str = ""  # the 微信客服 account
+    wecom_api_url: str = "https://qyapi.weixin.qq.com/cgi-bin/"
+    wecom_robot_key: SecretStr | None = None  # the agents' group robot webhook key: case cards go there
+    wecom_agents: dict[str, str] = {}  # kefu agent name -> WeCom userid (those take chats in WeCom itself)
+    wecom_handoff_pool: bool = False  # a new case moves the kf session to the pool (2) instead of the bot
     config: Path | None = Field(default=None, exclude=True)
 
     @classmethod
@@ -62,7 +80,8 @@ class Settings(BaseSettings, ShopConfig):
         return tuple(sources)
 
     @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", "admin_token", "telegram_desk_chat",
-                     mode="before")
+                     "wecom_secret", "wecom_token", "wecom_aes_key", "wecom_robot_key", "wecom_agent_id",
+                     "admin_password", "admin_password_hash", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
@@ -74,12 +93,30 @@ class Settings(BaseSettings, ShopConfig):
             raise ValueError("Telegram allows 1-256 characters A-Z, a-z, 0-9, _ and - in a webhook secret")
         return v
 
+    @field_validator("admin_password_hash")
+    @classmethod
+    def _password_hash_format(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", v.strip()):
+            raise ValueError("expected scrypt$n$r$p$salt$hash, as printed by `python -m bots.adminpages hash-password`")
+        return v.strip() if v is not None else None
+
     def shop(self) -> ShopConfig:
         return ShopConfig.model_validate({k: getattr(self, k) for k in ShopConfig.model_fields})
 
 
 class SettingsError(ValueError):
     pass
+
+
+def _no_plain_password(path: Path) -> None:
+    """A plain admin password belongs in the environment only, never in a file that gets committed."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return  # the settings source reports a broken file itself
+    if "admin_password" in data:
+        raise SettingsError("admin_password may only come from the environment (KEFU_ADMIN_PASSWORD); "
+                            "put admin_password_hash in the file (python -m bots.adminpages hash-password)")
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
@@ -89,6 +126,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     if path is not None:
         if not path.is_file():
             raise SettingsError(f"config file not found: {path}")
+        _no_plain_password(path)
         # A subclass that knows its file, instead of process-wide state.
         cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": str(path)}})
     try:

@@ -61,7 +61,7 @@ from bots.base import SendError
 from bots.http import BadRequest as HttpBadRequest
 from bots.http import error, json_response, read_json
 from bots.ingress import IngressWorker
-from handlers.cards import render_card_text
+from handlers.cards import card_text_within
 from handlers.context import Context
 from handlers.desk import normalize_case_id
 from handlers.engine import Engine
@@ -557,14 +557,7 @@ class Telegram:
                                       for v in verbs]])
 
     def _card_text(self, card: dict[str, Any]) -> str:
-        trimmed = dict(card)
-        text = render_card_text(self.ctx, trimmed)
-        keep = len(card.get("transcript", []))
-        while len(text) > MAX_TEXT and keep > 0:  # drop the oldest lines until it fits
-            keep = keep // 2 if keep > 8 else keep - 1
-            trimmed["transcript"] = card["transcript"][-keep:] if keep else []
-            text = render_card_text(self.ctx, trimmed)
-        return text[:MAX_TEXT]
+        return card_text_within(self.ctx, card, lambda t: len(t) <= MAX_TEXT)[:MAX_TEXT]
 
     async def publish(self, actions: list[DeskAction], load_card: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
         if self.cfg.desk_chat is None:

@@ -107,8 +107,8 @@ async def _idle_turn(
         if not new_visit:
             t.say("unsure", buttons=MENU)
         return
-    if t.is_phrase(text, "unhelpful") and c.last_answer:
-        _unhelpful(t)
+    if c.last_answer and (t.is_phrase(text, "unhelpful") or t.is_phrase(text, "no")):
+        _unhelpful(t)  # "不对" right after an answer: it was the wrong one
         return
     order_no, _ = orders.find(text)
     route = t.ctx.router.route(text)

@@ -103,3 +103,15 @@ def render_card_text(ctx: Context, card: dict[str, Any]) -> str:
     who = {k: ctx.wording.label("who", k, ctx.cfg.desk_locale) for k in ("buyer", "bot", "agent", "system")}
     return ctx.wording.render("case_card", ctx.cfg.desk_locale, card=card, local=local, who=who,
                               shop_name=ctx.cfg.shop_name)
+
+
+def card_text_within(ctx: Context, card: dict[str, Any], fits: Any) -> str:
+    """The text card, dropping the oldest transcript lines until `fits(text)` (a platform's size limit)."""
+    trimmed = dict(card)
+    text = render_card_text(ctx, trimmed)
+    keep = len(card.get("transcript", []))
+    while not fits(text) and keep > 0:
+        keep = keep // 2 if keep > 8 else keep - 1
+        trimmed["transcript"] = card["transcript"][-keep:] if keep else []
+        text = render_card_text(ctx, trimmed)
+    return text

@@ -28,8 +28,12 @@ class ShopConfig(BaseModel):
     work_days: list[int] = [1, 2, 3, 4, 5, 6, 7]  # ISO weekdays, 1 = Monday
     first_reply_minutes: int = 10
     max_photos_per_case: int = 20
-    faq_answer_score: float = 0.22
-    faq_clarify_score: float = 0.3
+    # Routing (see README "Routing"): answer, "您是不是想问", or not sure. Scores are the
+    # semantic router's; the lexical fallback uses its own built-in bands.
+    route_method: str = "auto"  # auto: semantic if its model loads, else lexical; or "semantic" / "lexical"
+    route_answer_score: float = 0.6
+    route_margin: float = 0.12
+    route_clarify_score: float = 0.5
     misses_before_handoff: int = 2
 
     @field_validator("order_pattern")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from handlers.config import ShopConfig
 from handlers.matcher import Router
@@ -17,6 +18,7 @@ class Context:
     wording: Wording
     router: Router
     store: Store  # handlers read through it; only the engine writes
+    cache_dir: Path | None = None  # where the router keeps its embedding cache
 
 
 @dataclass

@@ -22,7 +22,7 @@ async def handle_agent(ev: AgentCommand, convo: Conversation | None, ctx: Contex
     row = await ctx.store.get_case(case_id)
     if row is None:
         text = ctx.wording.render("notice_not_found", ctx.cfg.desk_locale, case_id=case_id)
-        notice = DeskAction(case_id=case_id, kind="notice", who="system", text=text, desk=ev.desk)
+        notice = DeskAction(case_id=case_id, kind="notice", who="system", text=text, desk=ev.desk, agent=ev.agent)
         return Outcome(conversation=None, actions=[notice], error="not_found", detail=text)
     case = Case.model_validate(row.data)
     c = _conversation_for(case, convo)
@@ -33,7 +33,7 @@ async def handle_agent(ev: AgentCommand, convo: Conversation | None, ctx: Contex
     c_locale = c.locale
 
     def fail(code: str, template: str, **values: object) -> Outcome:
-        t.notice(ev.desk, case.id, template, **values)
+        t.notice(ev.desk, case.id, template, to_agent=ev.agent, **values)
         t.error, t.detail = code, t.actions[-1].text
         return t.outcome()
 
@@ -78,11 +78,13 @@ async def handle_agent(ev: AgentCommand, convo: Conversation | None, ctx: Contex
         if c.case_id == case.id or c.stage not in ("waiting_agent", "with_agent"):
             c.stage, c.case_id = "with_agent", case.id
         c.locale = c_locale
-        t.say("agent_joined", agent=ev.agent, case_id=case.id)
+        if not ev.delivered:  # an agent writing in WeCom's own client was announced by WeCom
+            t.say("agent_joined", purpose="taken", agent=ev.agent, case_id=case.id)
+            t.actions[-1] = t.actions[-1].model_copy(update={"agent": ev.agent})
     if verb == "reply":
         text = ev.text.strip()
         for i, photo in enumerate(ev.photos or (None,)):
-            t.say_text(text if i == 0 else "", photo=photo, sender="agent", agent=ev.agent)
+            t.say_text(text if i == 0 else "", photo=photo, sender="agent", agent=ev.agent, delivered=ev.delivered)
         case.first_reply_at = case.first_reply_at or ev.at
         case.log(ev.at, "reply", ev.agent, text)
         t.desk(case.id, "message", who="agent", agent=ev.agent, text=text, photos=ev.photos, origin=ev.desk)
@@ -97,7 +99,8 @@ async def handle_agent(ev: AgentCommand, convo: Conversation | None, ctx: Contex
         if c.stage in ("waiting_agent", "with_agent") and c.case_id is None:
             c.stage = "rating"
         c.rating_case, c.last_case_closed_at = case.id, ev.at
-        t.say("case_resolved", buttons=[f"rate:{case.id}:{n}" for n in (5, 4, 3, 2, 1)], case_id=case.id, summary=summary)
+        t.say("case_resolved", buttons=[f"rate:{case.id}:{n}" for n in (5, 4, 3, 2, 1)], purpose="resolved",
+              case_id=case.id, summary=summary)
     t.keep(case)
     t.desk(case.id, "update")
     return t.outcome()

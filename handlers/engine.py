@@ -57,7 +57,9 @@ class Engine:
             return row.session if row else f"kefu:desk:{event.desk}:unknown"
         return event.session
 
-    async def handle(self, event: Event) -> Outcome:
+    async def handle(self, event: Event, send: bool = True) -> Outcome:
+        """Handle one event. `send=False`: leave the replies in the outbox (the caller sends a
+        burst at once, e.g. to stay within a platform's per-message reply budget)."""
         started = time.perf_counter()
         key = dedupe_key(event)
         session = await self._session_for(event)
@@ -90,7 +92,7 @@ class Engine:
             f", error {outcome.error}" if outcome.error else "",
             extra={"session": session, "message_id": key},
         )
-        if self.on_commit and turn.outbox:
+        if send and self.on_commit and turn.outbox:
             # Hand over what was just written, so sending needs no read-back.
             await self.on_commit([
                 OutboxRow(id=i, target=o.target, turn=turn.turn_id, action=o.action, attempts=0,
@@ -119,7 +121,8 @@ class Engine:
                     "at": at, "who": action.sender, "agent": action.agent, "text": action.text,
                     "buttons": [b.text for b in action.buttons], "photos": [action.photo.id] if action.photo else [],
                 })
-                outbox.append(OutboxItem(buyer_target(reply_session(action)), dumped))
+                if not action.delivered:  # already on the buyer's screen: keep it, do not send it again
+                    outbox.append(OutboxItem(buyer_target(reply_session(action)), dumped))
             elif isinstance(action, DeskAction):
                 for desk in (action.desk,) if action.desk else self.desks:
                     outbox.append(OutboxItem(desk_target(desk, action.case_id), {**dumped, "desk": desk}))

@@ -44,7 +44,7 @@ async def open_case(t: Turn, case_type: CaseType, reason: str, draft: ClaimDraft
     c.stage, c.case_id, c.claim, c.misses = "waiting_agent", case_id, None, 0
     position = await t.queue_position(case)
     t.say(
-        "case_created", case_id=case_id, position=position,
+        "case_created", purpose="handoff", case_id=case_id, position=position,
         order_unverified=bool(draft and draft.order_unverified), **when,
     )
     t.desk(case_id, "card")

@@ -1,10 +1,11 @@
-"""Routes a buyer message to an FAQ entry, an action (claim, human, ...) or nothing.
+"""Routing a buyer message to an FAQ entry, an action (claim, human, ...) or nothing.
 
-A lexical matcher: character uni/bi-grams for Chinese, words for English,
-BM25 against each label's pooled example questions, with the score divided
-by the best score the message could reach (so thresholds do not depend on
-how many entries a shop has). It sits behind `Router.route()` so a better
-method can replace it.
+This module holds what every router shares (normalising text, the Route
+result, the Router interface) and the lexical router: character uni/bi-grams
+for Chinese, words for English, BM25 against each label's pooled examples,
+the score divided by the best score the message could reach. It is the
+fallback when the semantic router (handlers/semantic.py) cannot load, and one
+of its signals when it can.
 """
 
 from __future__ import annotations
@@ -14,20 +15,34 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+import opencc
 
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KEEP = re.compile(rf"[{_CJK}]+|[a-z]+|\d+")
 K1, B = 1.2, 0.75
 
 
+@lru_cache(maxsize=1)
+def _t2s() -> opencc.OpenCC:
+    return opencc.OpenCC("t2s")
+
+
+@lru_cache(maxsize=4096)
+def simplify(text: str) -> str:
+    """Full-width -> half-width, Traditional -> Simplified Chinese, lower case (punctuation kept)."""
+    return _t2s().convert(unicodedata.normalize("NFKC", text)).lower()
+
+
 def normalize(text: str) -> str:
-    """Full-width -> half-width, lower case, no punctuation, emoji or spaces."""
-    t = unicodedata.normalize("NFKC", text).lower()
-    return "".join(_KEEP.findall(t))
+    """simplify() without punctuation, emoji or spaces: for comparing phrases."""
+    return "".join(_KEEP.findall(simplify(text)))
 
 
 def features(text: str) -> Counter[str]:
-    t = unicodedata.normalize("NFKC", text).lower()
+    t = simplify(text)
     feats: Counter[str] = Counter()
     for run in _KEEP.findall(t):
         if run.isdigit():
@@ -51,7 +66,20 @@ class Route:
     candidates: tuple[str, ...] = ()
 
 
-class Router:
+class Router(Protocol):
+    """What the handler needs from a router."""
+
+    answer_score: float
+    clarify_score: float
+
+    def scores(self, text: str) -> list[tuple[str, float]]: ...
+
+    def route(self, text: str) -> Route: ...
+
+    def is_example(self, text: str) -> bool: ...
+
+
+class LexicalRouter:
     def __init__(self, entries: dict[str, list[str]], answer_score: float = 0.22, clarify_score: float = 0.3,
                  margin: float = 0.3) -> None:
         """entries: label -> example phrases (FAQ ids, "claim:damaged", "human", ...)."""

@@ -86,6 +86,7 @@ class AgentCommand(Frozen):
     text: str = ""
     photos: tuple[Media, ...] = ()
     desk: str = "web"
+    delivered: bool = False  # a reply the agent already sent in the platform's own app: only record it
 
 
 class SendFailed(Frozen):
@@ -117,7 +118,11 @@ class Reply(Frozen):
     sender: Literal["bot", "agent"] = "bot"
     agent: str | None = None
     case_id: str | None = None
-    purpose: str = ""  # e.g. "greeting": channels with their own welcome mechanics can pick it out
+    # What the message is for, so a channel can do what its platform asks at that moment:
+    # greeting (WeCom's welcome code), handoff (a case was opened), taken (a person joined:
+    # `agent`), resolved (the outcome and the rating request).
+    purpose: str = ""
+    delivered: bool = False  # the platform already showed it (an agent wrote in the platform's own app)
 
 
 class DeskAction(Frozen):

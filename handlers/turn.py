@@ -75,12 +75,12 @@ class Turn:
 
     def say_text(
         self, text: str, buttons: Iterable[str] = (), purpose: str = "", photo: Media | None = None,
-        sender: str = "bot", agent: str | None = None,
+        sender: str = "bot", agent: str | None = None, delivered: bool = False,
     ) -> None:
         btns = tuple(self.button(b) for b in buttons)
         self.actions.append(Reply(
             channel=self.c.channel, text=text, buttons=btns, photo=photo, purpose=purpose,
-            sender=sender, agent=agent, case_id=self.c.case_id,  # type: ignore[arg-type]
+            sender=sender, agent=agent, case_id=self.c.case_id, delivered=delivered,  # type: ignore[arg-type]
         ))
         if btns:
             self.c.buttons = list(btns)
@@ -88,9 +88,10 @@ class Turn:
     def desk(self, case_id: str, kind: str, **fields: Any) -> None:
         self.actions.append(DeskAction(case_id=case_id, kind=kind, **fields))  # type: ignore[arg-type]
 
-    def notice(self, desk: str, case_id: str, template: str, **values: Any) -> None:
+    def notice(self, desk: str, case_id: str, template: str, to_agent: str | None = None, **values: Any) -> None:
+        """An answer to an agent's command, for the desk (and the agent) it came from."""
         text = self.render(template, locale=self.ctx.cfg.desk_locale, case_id=case_id, **values)
-        self.desk(case_id, "notice", who="system", text=text, desk=desk)
+        self.desk(case_id, "notice", who="system", text=text, desk=desk, agent=to_agent)
 
     # --- recognising what the buyer typed ------------------------------------------------
     def is_phrase(self, text: str, kind: str) -> bool:

@@ -14,8 +14,10 @@ broken file is reported with its name and line instead of failing a buyer.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,27 @@ SAMPLE_VARS: dict[str, Any] = {
     "who": {"buyer": "买家", "bot": "机器人", "agent": "客服", "system": "系统"},
 }
 _ID = re.compile(r"^[a-z0-9_]{2,40}$")  # "faq:<id>" must fit a Telegram button's 64 bytes
+
+
+# What an FAQ answer may use: it is rendered for any buyer, before any order or case.
+FAQ_VARS = ("shop_name", "buyer_name", "hours_open", "hours_close")
+FAQ_SAMPLE = {k: SAMPLE_VARS[k] for k in FAQ_VARS}
+
+# Reloading wording after an admin's edit must be quick in every process (edits are live
+# within 2 s): sources that did not change are not parsed or compiled again. The
+# environment is shared because compiled templates belong to it; it holds no state.
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
+
+
+@lru_cache(maxsize=4096)
+def _compiled(source: str) -> Any:
+    return _ENV.from_string(source)
+
+
+@lru_cache(maxsize=4096)
+def _parsed(source: str) -> Any:
+    return yaml.load(source, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
 
 
 class TemplateProblem(ValueError):
@@ -149,9 +172,7 @@ class Wording:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self.env = SandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
-        )
+        self.env = _ENV
         self.load()
 
     # --- loading ------------------------------------------------------------------
@@ -199,20 +220,21 @@ class Wording:
             for name, tpl in names.items():
                 self._check_render(merged[f"messages/{loc}/{name}"][0], tpl, problems)
         for (loc, fid), tpl in self._faq_templates.items():
-            self._check_render(f"{merged[f'faq/{loc}/{fid}'][0]} (answer)", tpl, problems)
+            # An answer is rendered with the shop's values only (see FAQ_VARS), so check it with those.
+            self._check_render(f"{merged[f'faq/{loc}/{fid}'][0]} (answer)", tpl, problems, FAQ_SAMPLE)
         if problems:
             raise TemplateProblem(problems)
 
     def _compile(self, where: str, source: str, problems: list[str]) -> Any:
         try:
-            return self.env.from_string(source)
+            return _compiled(source)
         except TemplateSyntaxError as exc:
             problems.append(f"{where}:{exc.lineno}: {exc.message}")
             return None
 
-    def _check_render(self, where: str, tpl: Any, problems: list[str]) -> None:
+    def _check_render(self, where: str, tpl: Any, problems: list[str], values: dict[str, Any] = SAMPLE_VARS) -> None:
         try:
-            tpl.render(**SAMPLE_VARS)
+            tpl.render(**values)
         except UndefinedError as exc:
             problems.append(f"{where}: unknown variable ({exc.message})")
         except SecurityError as exc:
@@ -223,7 +245,7 @@ class Wording:
     @staticmethod
     def _yaml(where: str, source: str, problems: list[str]) -> Any:
         try:
-            return yaml.safe_load(source)
+            return copy.deepcopy(_parsed(source))  # callers may keep and change what they get
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""

@@ -95,3 +95,12 @@ def test_faq_files_are_validated(tmp_path: Path) -> None:
     text = "\n".join(err.value.problems)
     assert "broken.yaml" in text and "must match the file name" in text
     assert "bad_yaml.yaml" in text and "invalid YAML" in text
+
+
+def test_an_faq_answer_may_only_use_what_answers_are_given(tmp_path: Path) -> None:
+    root = copy_templates(tmp_path)
+    (root / "faq" / "zh-CN" / "invoice.yaml").write_text(
+        "id: invoice\ntitle: 发票\nquestions: [发票]\nanswer: 亲，订单{{ order_no }}可以开票\n", "utf-8")
+    with pytest.raises(TemplateProblem) as err:
+        Wording(root)
+    assert any("invoice.yaml" in p and "order_no" in p for p in err.value.problems)

