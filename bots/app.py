@@ -211,9 +211,13 @@ async def _housekeeping(store: Store, stopper: Stopper) -> None:
 
 
 async def _watch_content(kefu: Kefu) -> None:
-    """An edit made in any process (admin API) is served by this one within a second."""
-    while await kefu.stopper.sleep(CONFIG_POLL):
+    """An edit made in any process is served by this one at once (woken by the store; the
+    version is also checked every CONFIG_POLL seconds in case a wake-up was missed)."""
+    while not kefu.stopper.stopping:
         try:
+            await kefu.store.config_wait(CONFIG_POLL)
+            if kefu.stopper.stopping:
+                return
             version = await kefu.store.config_version()
             if version == kefu.config_version:
                 continue

@@ -562,6 +562,11 @@ class Telegram:
     async def publish(self, actions: list[DeskAction], load_card: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
         if self.cfg.desk_chat is None:
             return
+        for a in actions:  # answers to an agent's command need no card (the case may not exist)
+            if a.kind == "notice" and a.desk == PLATFORM:
+                await self._desk_notice(a.case_id if await self.store.get_case(a.case_id) else None, a.text)
+        if all(a.kind == "notice" for a in actions):
+            return
         card = await load_card()
         if card is None:
             return
@@ -574,8 +579,6 @@ class Telegram:
                 if a.who == "agent" and a.origin == PLATFORM:
                     continue  # the agent wrote it in this group: it is already there
                 await self._post_line(card, a)
-            elif a.kind == "notice" and a.desk == PLATFORM:
-                await self._desk_notice(a.case_id, a.text)
 
     async def _post_card(self, card: dict[str, Any]) -> None:
         desk = self.cfg.desk_chat

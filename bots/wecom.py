@@ -540,14 +540,17 @@ class WeCom:
 
     # --- outbound: the desk (group robot) and agents (app) ---------------------------------------------------------------
     async def publish(self, actions: list[DeskAction], load_card: Callable[[], Awaitable[dict[str, Any] | None]]) -> None:
+        for a in actions:  # answers to an agent's command need no card (the case may not exist)
+            if a.kind == "notice" and a.desk == PLATFORM:
+                await self._tell_agent(self.userid_of.get(a.agent or "", a.agent or ""), a.text)
+        if all(a.kind == "notice" for a in actions):
+            return
         card = await load_card()
         if card is None:
             return
         lines: list[str] = []
         for a in actions:
             if a.kind == "notice":
-                if a.desk == PLATFORM:
-                    await self._tell_agent(self.userid_of.get(a.agent or "", a.agent or ""), a.text)
                 continue
             if a.kind == "card":
                 lines.append(card_text_within(self.ctx, card, lambda t: len(t.encode()) <= ROBOT_BYTES))

@@ -248,6 +248,10 @@ class Store(Protocol):
         """Bumped on every content change; processes reload when it moves."""
         ...
 
+    async def config_wait(self, timeout: float) -> None:
+        """Return soon after any process changes content, or after `timeout`."""
+        ...
+
     async def template_overrides(self) -> dict[str, str]:
         """key ("messages/zh-CN/greeting", "faq/en/invoice") -> source, as edited."""
         ...

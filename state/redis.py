@@ -201,6 +201,7 @@ class RedisStore:
         self._next_row = 0
         self._groups_ready: set[tuple[str, int]] = set()
         self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._config_event = asyncio.Event()
         self._renewals: set[asyncio.Task[None]] = set()
         self._leases_checked: dict[str, float] = {}
 
@@ -704,12 +705,14 @@ class RedisStore:
         while not self._closing:
             pubsub = self.r.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.k("boxev"), self.k("inev"))
+                await pubsub.subscribe(self.k("boxev"), self.k("inev"), self.k("cfgev"))
                 while not self._closing:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg and msg.get("type") == "message":
                         if msg["channel"] == self.k("inev"):
                             self._ingress_events[msg["data"]].set()
+                        elif msg["channel"] == self.k("cfgev"):
+                            self._config_event.set()
                         else:
                             self._wake_box(msg["data"])
             except asyncio.CancelledError:
@@ -749,6 +752,13 @@ class RedisStore:
     async def config_version(self) -> int:
         return int(await self.r.get(self.k("cfg", "version")) or 0)
 
+    async def config_wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._config_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._config_event.clear()
+
     async def template_overrides(self) -> dict[str, str]:
         return dict(await self.r.hgetall(self.k("cfg", "templates")))
 
@@ -772,6 +782,7 @@ class RedisStore:
                             "author": author, "note": note, "at": now}))
                         pipe.ltrim(self.k("cfg", "history", key), 0, 199)
                     pipe.set(self.k("cfg", "version"), version)
+                    pipe.publish(self.k("cfgev"), version)  # every process reloads now, not at its next poll
                     await pipe.execute()
                     return version
                 except WatchError:

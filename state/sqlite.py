@@ -85,6 +85,7 @@ class SQLiteStore:
         self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._closing = False
         self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._config_event = asyncio.Event()
 
     # --- plumbing -------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -546,6 +547,13 @@ class SQLiteStore:
     async def config_version(self) -> int:
         return int(await self.get_meta("config_version") or 0)
 
+    async def config_wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._config_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._config_event.clear()
+
     async def template_overrides(self) -> dict[str, str]:
         def q(db: sqlite3.Connection) -> dict[str, str]:
             return {k: v for k, v in db.execute("SELECT key, source FROM templates").fetchall()}
@@ -578,7 +586,9 @@ class SQLiteStore:
                 raise
             return version
 
-        return await self._run(tx)
+        version = await self._run(tx)
+        self._config_event.set()
+        return version
 
     async def template_history(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
         def q(db: sqlite3.Connection) -> list[dict[str, Any]]:

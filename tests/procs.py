@@ -59,7 +59,7 @@ def kefu_env(redis_url: str, namespace: str, data_dir: Path, **extra: str) -> di
     env.update({
         "KEFU_REDIS_URL": redis_url, "KEFU_REDIS_NAMESPACE": namespace, "KEFU_DATA_DIR": str(data_dir),
         "KEFU_HOURS_OPEN": "00:00", "KEFU_HOURS_CLOSE": "00:00", "KEFU_DESK_TOKEN": "test-desk-token",
-        "KEFU_ADMIN_TOKEN": "test-admin-token", "KEFU_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+        "KEFU_ADMIN_TOKEN": "test-admin-token", "KEFU_LOG_LEVEL": os.environ.get("KEFU_TEST_LOG_LEVEL", "WARNING"), "PYTHONUNBUFFERED": "1",
         **extra,
     })
     return env

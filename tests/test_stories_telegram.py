@@ -429,3 +429,10 @@ async def test_kefu_run_starts_telegram_from_the_environment(tmp_path: Path) -> 
         await proc.wait()
         await fake.close()
     assert proc.returncode == 0
+
+
+async def test_a_command_for_an_unknown_case_is_answered_in_the_desk(world: World) -> None:
+    fake, desk = world.fake, world.desk
+    fake.text(fake.user("客服乙"), "/take K4242", chat=desk)
+    notice = await world.until(lambda: [m for m in fake.sent_to(desk["id"]) if "K4242" in (m.get("text") or "")])
+    assert "找不到" in notice[0]["text"]

@@ -309,3 +309,23 @@ async def test_replies_beyond_kfs_budget_are_reported_to_the_desk(world: World) 
     assert len(fake.sent_to(buyer)) == 5  # "已转人工" + agent joined + 3 replies
     assert case.send_failures >= 1
     assert any("5 replies" in h["text"] for h in card["history"] if h["event"] == "send_failed")
+
+
+async def test_an_agent_without_a_kf_seat_works_the_case_from_the_app_chat(world: World) -> None:
+    fake = world.fake
+    buyer = fake.customer("小钱")
+    await world.says(buyer, "我要投诉", 1)
+    # "manager" is an employee but not in KEFU_WECOM_AGENTS: the bot keeps the session and relays.
+    for text in ("接单 K1001", "亲，非常抱歉，我来处理", "备注 K1001 需要主管跟进", "查看 K9999"):
+        assert (await fake.callback(world.url, fake.app_text_xml("manager", text))).status == 200
+    msgs = await world.replies(buyer, 2)  # the take and the plain reply merge or follow each other
+    await world.until(lambda: any("我来处理" in content(m) for m in fake.sent_to(buyer)))
+    assert fake.service_state(buyer) == 1
+    notice = await world.until(lambda: fake.app_messages("manager"))
+    assert "K9999" in notice[-1]["content"]  # told plainly, in the app
+    case = await world.case("K1001")
+    assert case.assignee == "manager" and case.notes[0].text == "需要主管跟进"
+    await fake.callback(world.url, fake.app_text_xml("manager", "解决 K1001 已补偿20元优惠券"))
+    await world.until(lambda: any("已补偿20元优惠券" in content(m) for m in fake.sent_to(buyer)))
+    assert (await world.case("K1001")).status == "resolved"
+    _ = msgs
