@@ -66,7 +66,7 @@ SAMPLE_VARS: dict[str, Any] = {
         "promises": [{"text": "10分钟内客服接入", "overdue": False}],
         "faq_given": [{"title": "发货时间"}],
         "earlier_cases": [{"id": "K1001", "type_name": "转人工", "status": "resolved", "status_name": "已解决"}],
-        "transcript": [{"at": "2026-11-22T08:00:00.000Z", "who": "buyer", "agent": None, "text": "杯子碎了", "photos": []}],
+        "transcript": [{"at": "2026-11-22T08:00:00.000Z", "who": "buyer", "agent": None, "text": "杯子碎了", "photos": [], "files": []}],
         "notes": [{"at": "2026-11-22T08:00:00.000Z", "agent": "小王", "text": "已补发"}],
         "resolution": None, "rating": None,
     },

@@ -210,6 +210,16 @@ async def test_a_file_that_is_not_a_photo_gets_a_polite_note_and_a_huge_one_a_41
     # Nothing was lost: the claim goes on where it was.
     status, body, msgs = await buyer.photo(png(), "ok.png")
     assert "收到1张照片" in texts(msgs)
+    # The agent sees on the card that the buyer tried to send a file.
+    await buyer.press("photos_done")
+    await buyer.say("杯子碎了")
+    await buyer.press("confirm:yes")
+    agent = WebAgent(running.http, running.base, "小王")
+    [summary] = await agent.cases("open")
+    card = await agent.case(summary["id"])
+    [line] = [m for m in card["transcript"] if m["files"]]
+    assert line["who"] == "buyer" and line["files"] == ["invoice.pdf"]
+    assert "📎×1" in card["text"] and "📷×1" in card["text"]
 
 
 async def test_desk_calls_need_the_token(running: Running) -> None:

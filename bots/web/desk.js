@@ -133,6 +133,7 @@
       li.appendChild(el("strong", { class: "w-" + m.who }, who + ": "));
       li.appendChild(document.createTextNode(m.text || ""));
       (m.photo_urls || []).forEach(function (u) { var i = el("img", { src: u, alt: UI.photos, height: "48" }); li.appendChild(i); });
+      if ((m.files || []).length) { li.appendChild(el("span", { class: "files" }, " 📎×" + m.files.length)); }
       tr.appendChild(li);
     });
     root.appendChild(tr);
