@@ -17,12 +17,14 @@ from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import SettingsError as SourceError
 
 from handlers.config import ShopConfig
 
 
 class Settings(BaseSettings, ShopConfig):
-    model_config = SettingsConfigDict(env_prefix="KEFU_", extra="ignore", case_sensitive=False)
+    # A blank variable (docker-compose passes `${X:-}`) means "not set", for every setting.
+    model_config = SettingsConfigDict(env_prefix="KEFU_", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -134,3 +136,5 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    except SourceError as exc:  # e.g. a list or mapping setting whose value is not JSON
+        raise SettingsError(f"invalid settings: {exc} (lists and mappings are JSON, e.g. '[1,2,3]')") from None

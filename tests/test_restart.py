@@ -104,3 +104,17 @@ def test_bad_settings_are_reported_clearly(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=30,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 2 and "timezone" in proc.stderr and "Mars/Olympus" in proc.stderr
+
+
+
+def test_blank_variables_are_unset_and_malformed_lists_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bots.settings import SettingsError, load_settings
+
+    # What docker-compose passes for `${KEFU_X:-}`: blank means "not set".
+    for name in ("KEFU_WECOM_AGENTS", "KEFU_TELEGRAM_DESK_CHAT", "KEFU_PORT", "KEFU_WECOM_CORP_ID"):
+        monkeypatch.setenv(name, "")
+    s = load_settings(data_dir=tmp_path)
+    assert s.wecom_agents == {} and s.telegram_desk_chat is None and s.port == 8080
+    monkeypatch.setenv("KEFU_WORK_DAYS", "1,2,3")  # not JSON
+    with pytest.raises(SettingsError, match="work_days.*JSON"):
+        load_settings(data_dir=tmp_path)
