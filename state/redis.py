@@ -35,6 +35,7 @@ from typing import Any, AsyncIterator
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
+from state.longpoll import LongPolls
 from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
 from state.tasks import stop_if_cancelled
 
@@ -190,7 +191,7 @@ class RedisStore:
         self._close = self.r.register_script(_OUTBOX_CLOSE)
         self._claim = self.r.register_script(_CLAIM_TARGET)
         self._held: dict[str, dict[str, bool]] = {}  # lease token -> still held (for renewals)
-        self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._polls = LongPolls()
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         # ingress: per source, the partitions this process holds and what it has read from them
@@ -653,7 +654,7 @@ class RedisStore:
             return []
         seqs = await self._mailbox(args=[self.ns, box, repr(time.time()), MAILBOX_TTL, MAILBOX_KEEP, key or "",
                                          *(_dumps(i) for i in items)])
-        self._wake_box(box)
+        self._polls.wake(box)
         return [int(s) for s in seqs]
 
     async def _read_box(self, box: str, after: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
@@ -674,31 +675,7 @@ class RedisStore:
     async def mailbox_read(
         self, box: str, after: int = 0, limit: int = 200, wait: float = 0.0
     ) -> list[tuple[int, dict[str, Any]]]:
-        if wait <= 0 or self._closing:
-            return await self._read_box(box, after, limit)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Listen before reading, so an item appended in between wakes us.
-        self._box_waiters[box].add(fut)
-        try:
-            items = await self._read_box(box, after, limit)
-            if items:
-                return items
-            try:
-                await asyncio.wait_for(fut, wait)
-            except asyncio.TimeoutError:
-                return []
-            return await self._read_box(box, after, limit)
-        finally:
-            waiters = self._box_waiters.get(box)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    self._box_waiters.pop(box, None)
-
-    def _wake_box(self, box: str) -> None:
-        for fut in self._box_waiters.pop(box, set()):
-            if not fut.done():
-                fut.set_result(None)
+        return await self._polls.read(box, wait, lambda: self._read_box(box, after, limit))
 
     async def _listen(self) -> None:
         """One subscription per process: appends made by any process wake local long polls."""
@@ -714,15 +691,14 @@ class RedisStore:
                         elif msg["channel"] == self.k("cfgev"):
                             self._config_event.set()
                         else:
-                            self._wake_box(msg["data"])
+                            self._polls.wake(msg["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 stop_if_cancelled()
                 log.warning("mailbox subscription lost (%s); resubscribing", exc.__class__.__name__)
                 # Waiters re-check on their own timeout; wake them so none waits on a dead channel.
-                for box in list(self._box_waiters):
-                    self._wake_box(box)
+                self._polls.wake_every()
                 for event in self._ingress_events.values():
                     event.set()
                 await asyncio.sleep(0.5)
@@ -734,8 +710,7 @@ class RedisStore:
 
     def wake_all(self) -> None:
         self._closing = True
-        for box in list(self._box_waiters):
-            self._wake_box(box)
+        self._polls.close()
 
     # --- meta and edited content ---------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
+from state.longpoll import LongPolls
 from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
 
 T = TypeVar("T")
@@ -82,8 +83,7 @@ class SQLiteStore:
         # Weak: a session's lock lives while someone holds or waits for it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._held: dict[str, asyncio.Lock] = {}
-        self._box_waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._closing = False
+        self._polls = LongPolls()
         self._ingress_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._config_event = asyncio.Event()
 
@@ -467,9 +467,7 @@ class SQLiteStore:
             return seqs
 
         seqs = await self._run(tx)
-        for fut in self._box_waiters.pop(box, set()):
-            if not fut.done():
-                fut.set_result(None)
+        self._polls.wake(box)
         return seqs
 
     async def _read_box(
@@ -492,35 +490,12 @@ class SQLiteStore:
 
     def wake_all(self) -> None:
         """Release every long poll now (the server is stopping)."""
-        self._closing = True
-        for waiters in self._box_waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        self._polls.close()
 
     async def mailbox_read(
         self, box: str, after: int = 0, limit: int = 200, wait: float = 0.0
     ) -> list[tuple[int, dict[str, Any]]]:
-        if wait <= 0 or self._closing:
-            return await self._read_box(box, after, limit)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Listen before reading, so an item appended in between wakes us.
-        self._box_waiters[box].add(fut)
-        try:
-            items = await self._read_box(box, after, limit)
-            if items:
-                return items
-            try:
-                await asyncio.wait_for(fut, wait)
-            except asyncio.TimeoutError:
-                return []
-            return await self._read_box(box, after, limit)
-        finally:
-            waiters = self._box_waiters.get(box)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    self._box_waiters.pop(box, None)
+        return await self._polls.read(box, wait, lambda: self._read_box(box, after, limit))
 
     async def get_meta(self, key: str) -> str | None:
         def q(db: sqlite3.Connection) -> str | None:
