@@ -17,6 +17,7 @@ from bots.dingtalk import callback_sign
 from handlers.model import Case
 from tests.conftest import make_settings
 from tests.fake_dingtalk import FakeDingTalk, User
+from tests.fake_wecom import FakeWeCom
 from tests.support import ORDER_OK, WebBuyer, jpeg, png, texts
 
 Json = dict[str, Any]
@@ -257,3 +258,39 @@ async def test_the_stream_answers_pings_and_reconnects_when_asked(tmp_path: Path
     finally:
         await server.close()
         await fake.close()
+
+
+async def test_a_wechat_buyer_on_wecom_served_by_agents_on_dingtalk(tmp_path: Path) -> None:
+    """Buyers on WeChat (WeCom 微信客服), agents in a DingTalk group: channel and desk are set up independently."""
+    wecom, ding = FakeWeCom(), FakeDingTalk()
+    await wecom.start()
+    await ding.start()
+    settings = make_settings(
+        tmp_path / "data", wecom_corp_id=wecom.corp_id, wecom_secret=wecom.secret, wecom_token=wecom.token,
+        wecom_aes_key=wecom.encoding_aes_key, wecom_open_kfid=wecom.open_kfid, wecom_api_url=wecom.api_base,
+        dingtalk_app_key=ding.app_key, dingtalk_app_secret=ding.app_secret, dingtalk_mode="http",
+        dingtalk_api_url=ding.base, dingtalk_desk_conversation=ding.desk_cid)
+    server = TestServer(await create_app(settings, platforms=True))
+    await server.start_server()
+    world = World(ding, server, "http")
+    try:
+        assert set(world.kefu.dispatcher.desks) == {"web", "dingtalk"}  # WeCom is only a buyer channel here
+        buyer, agent = wecom.customer("陈女士"), ding.user("小王")
+        wecom.customer_text(buyer, "转人工")
+        assert (await wecom.callback(world.base + "/api/wecom/callback", wecom.kf_event_xml())).status == 200
+        card = await world.until(lambda: [m for m in ding.desk_messages() if "K1001" in m["text"]])
+        assert "转人工" in card[0]["text"]  # what the buyer said is on the card
+        await world.agent(agent, "接单 K1001")
+        await world.agent(agent, "回复 K1001 您好，我是小王，马上为您处理")
+        said = lambda: " ".join(str(m.get("content") or m.get("text", {}).get("content", ""))  # noqa: E731
+                                for m in wecom.sent_to(buyer))
+        await world.until(lambda: "马上为您处理" in said())
+        assert "小王" in said()
+        await world.agent(agent, "解决 K1001 已安排退款")
+        await world.until(lambda: "已安排退款" in said())
+        case = await world.case("K1001", lambda c: c.status == "resolved")
+        assert case.channel.platform == "wecom" and case.assignee == "小王"
+    finally:
+        await server.close()
+        await ding.close()
+        await wecom.close()
