@@ -193,9 +193,12 @@ class DingTalk:
             if kind == "1":
                 await self._buyer_message(d)
             elif kind == "2" and self._is_desk(str(d.get("conversationId") or "")):
+                if not self.cfg.desk_conversation:
+                    log.info("dingtalk group %s taken as the agents' group; set dingtalk_desk_conversation to it",
+                             row.lane)
                 await self._desk_message(d)
             else:
-                log.info("dingtalk message from a group that is not the desk ignored",
+                log.info("dingtalk message from group %s ignored: not dingtalk_desk_conversation", row.lane,
                          extra={"session": row.lane, "message_id": d.get("msgId")})
 
     def _is_desk(self, conversation_id: str) -> bool:
