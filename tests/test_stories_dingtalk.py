@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -15,10 +16,11 @@ from aiohttp.test_utils import TestServer
 from bots.app import KEY, Kefu, create_app
 from bots.dingtalk import callback_sign
 from handlers.model import Case
+from state.redis import RedisStore
 from tests.conftest import make_settings
 from tests.fake_dingtalk import FakeDingTalk, User
 from tests.fake_wecom import FakeWeCom
-from tests.support import ORDER_OK, WebBuyer, jpeg, png, texts
+from tests.support import ORDER_OK, REDIS_URL, WebBuyer, jpeg, png, texts
 
 Json = dict[str, Any]
 
@@ -76,8 +78,12 @@ async def _world(tmp_path: Path, mode: str, custom_robot: bool = False) -> tuple
     fake = FakeDingTalk()
     await fake.start()
     extra: dict[str, Any] = {}
+    if mode.endswith("+redis"):  # stored and acknowledged, then handled by the ingress worker, on Redis
+        mode = mode.removesuffix("+redis")
+        extra = {"redis_url": REDIS_URL, "redis_namespace": f"kefu-test-{uuid.uuid4().hex[:8]}",
+                 "ingress_partitions": 4}
     if custom_robot:  # cards go to the group through a custom robot with the 加签 security setting
-        extra = {"dingtalk_desk_webhook": f"{fake.base}/robot/send?access_token={fake.custom_token}",
+        extra |= {"dingtalk_desk_webhook": f"{fake.base}/robot/send?access_token={fake.custom_token}",
                  "dingtalk_desk_webhook_secret": fake.custom_secret}
     settings = make_settings(
         tmp_path / "data", dingtalk_app_key=fake.app_key, dingtalk_app_secret=fake.app_secret, dingtalk_mode=mode,
@@ -89,20 +95,28 @@ async def _world(tmp_path: Path, mode: str, custom_robot: bool = False) -> tuple
     return fake, server
 
 
-@pytest.fixture(params=["http", "stream"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    fake, server = await _world(tmp_path, request.param)
-    yield World(fake, server, request.param)
+async def _close(server: TestServer, fake: FakeDingTalk) -> None:
+    store = server.app[KEY].store
     await server.close()
     await fake.close()
+    if isinstance(store, RedisStore):
+        cleanup = RedisStore(REDIS_URL, namespace=store.ns)
+        await cleanup.drop_namespace()
+        await cleanup.r.aclose()
+
+
+@pytest.fixture(params=["http", "stream", "stream+redis"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    fake, server = await _world(tmp_path, request.param)
+    yield World(fake, server, request.param.removesuffix("+redis"))
+    await _close(server, fake)
 
 
 @pytest.fixture
 async def http_world(tmp_path: Path) -> AsyncIterator[World]:
     fake, server = await _world(tmp_path, "http", custom_robot=True)
     yield World(fake, server, "http")
-    await server.close()
-    await fake.close()
+    await _close(server, fake)
 
 
 def test_the_documented_signature_vector() -> None:
