@@ -126,7 +126,8 @@ def _dingtalk(settings: Settings, ctx: Context, media: MediaStore) -> DingTalk |
     return DingTalk(DingTalkSettings(
         app_key=settings.dingtalk_app_key, app_secret=secret(settings.dingtalk_app_secret),
         robot_code=settings.dingtalk_robot_code, mode=settings.dingtalk_mode, api_url=settings.dingtalk_api_url,
-        desk_conversation=settings.dingtalk_desk_conversation, desk_webhook=secret(settings.dingtalk_desk_webhook),
+        oapi_url=settings.dingtalk_oapi_url, desk_conversation=settings.dingtalk_desk_conversation,
+        desk_webhook=secret(settings.dingtalk_desk_webhook),
         desk_webhook_secret=secret(settings.dingtalk_desk_webhook_secret),
         max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
     ), ctx, media)

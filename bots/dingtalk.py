@@ -17,7 +17,8 @@ plain reply to the case the agent has in hand.
 Outbound: a reply goes through the conversation's sessionWebhook while it is valid
 (sessionWebhookExpiredTime, about 90 minutes), else through the OpenAPI
 (robot/oToMessages/batchSend) with an access token shared by every process through
-the store. Buttons become numbered lines; typing the number presses the button.
+the store; a photo is uploaded (media/upload) and sent by the OpenAPI. Buttons become
+numbered lines; typing the number presses the button.
 Case cards go to the group by the app robot (robot/groupMessages/send) or by a custom
 robot webhook signed with its 加签 secret (20 messages a minute: lines are merged and
 paced). Rate limits become SendError(retry_after=...) for the dispatcher.
@@ -79,6 +80,7 @@ class DingTalkSettings:
     robot_code: str = ""  # the app robot's robotCode (the AppKey unless the console says otherwise)
     mode: str = "stream"  # "stream" (the SDK's websocket) or "http" (callbacks to CALLBACK_PATH)
     api_url: str = "https://api.dingtalk.com"
+    oapi_url: str = "https://oapi.dingtalk.com"  # the older API: media upload for photos to buyers
     desk_conversation: str = ""  # openConversationId of the agents' group
     desk_webhook: str = ""  # a custom robot's webhook URL in that group (optional)
     desk_webhook_secret: str = ""  # its 加签 secret (SEC...)
@@ -375,24 +377,30 @@ class DingTalk:
         # DingTalk takes no idempotency key: progress is kept per delivery, so a retry after a
         # failure in the middle of a turn does not repeat the parts that went out.
         info = json.loads(await self.store.get_meta(self._key("buyer", channel.chat)) or "{}")
-        parts: list[str] = []
+        parts: list[str | Media] = []
         menu: list[str] = []
         for r in replies:
-            if r.photo is not None and not r.text:
-                log.warning("dingtalk: a photo reply is sent as text only", extra={"message_id": key})
             lines = [r.text] if r.text else []
             lines += [f"{i}. {b.text}" for i, b in enumerate(r.buttons, 1)]
             if r.buttons:
                 menu = [b.payload for b in r.buttons]
             text = "\n".join(lines)
             parts += [text[i:i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)]
-        done_key = self._key("sent", key)
-        done = int(await self.store.get_meta(done_key) or 0)
+            if r.photo is not None:
+                parts.append(r.photo)
+        # One progress record per buyer (not per delivery: nothing piles up in the store).
+        progress_key = self._key("progress", channel.chat)
+        progress = json.loads(await self.store.get_meta(progress_key) or "{}")
+        done = int(progress.get("done", 0)) if progress.get("key") == key else 0
         for i, text in enumerate(parts):
             if i < done:
                 continue
-            await self._to_buyer(channel.chat, info, text)
-            await self.store.set_meta(done_key, str(i + 1))
+            if isinstance(text, Media):
+                await self._photo_to_buyer(channel.chat, info, text)
+            else:
+                await self._to_buyer(channel.chat, info, text)
+            if len(parts) > 1:
+                await self.store.set_meta(progress_key, json.dumps({"key": key, "done": i + 1}))
         await self.store.set_meta(self._key("menu", channel.chat), json.dumps(menu))
 
     async def _to_buyer(self, chat: str, info: dict[str, Any], text: str) -> None:
@@ -406,6 +414,43 @@ class DingTalk:
             raise SendError("dingtalk batchSend: the buyer is flow-controlled", retry_after=60)
         if staff in (res.get("invalidStaffIdList") or []):
             raise SendError("dingtalk batchSend: the buyer's userid is not valid for this robot", permanent=True)
+
+    async def _photo_to_buyer(self, chat: str, info: dict[str, Any], photo: Media) -> None:
+        """A photo: uploaded (media/upload) and sent by the OpenAPI; a sessionWebhook cannot carry one."""
+        media_id = await self._upload(photo)
+        staff = info.get("staff") or chat
+        res = await self._api("/v1.0/robot/oToMessages/batchSend", {
+            "robotCode": self.cfg.robot, "userIds": [staff], "msgKey": "sampleImageMsg",
+            "msgParam": json.dumps({"photoURL": media_id})})
+        if staff in (res.get("flowControlledStaffIdList") or []):
+            raise SendError("dingtalk batchSend: the buyer is flow-controlled", retry_after=60)
+
+    async def _upload(self, photo: Media) -> str:
+        assert self._http is not None
+        data = await self.media.read(photo.id)
+        stale: str | None = None
+        for attempt in range(2):
+            token = await self._token(stale)
+            form = aiohttp.FormData()
+            form.add_field("type", "image")
+            form.add_field("media", data, filename=f"photo.{photo.id.rsplit('.', 1)[-1]}",
+                           content_type=photo.content_type)
+            try:
+                async with self._http.post(f"{self.cfg.oapi_url.rstrip('/')}/media/upload",
+                                           params={"access_token": token}, data=form) as resp:
+                    res = await resp.json(content_type=None) or {}
+            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
+                raise SendError(f"dingtalk media/upload: {exc.__class__.__name__}") from exc
+            code = int(res.get("errcode") or 0)
+            if code == 0 and res.get("media_id"):
+                return str(res["media_id"])
+            if code in (40014, 42001) and attempt == 0:  # the token is unknown or expired
+                stale = token
+                continue
+            if code in (90018, 90006, 90005):  # old-API rate limits
+                raise SendError(f"dingtalk media/upload rate limit {code}", retry_after=1.0)
+            raise SendError(f"dingtalk media/upload {code}: {res.get('errmsg')}", permanent=True)
+        raise SendError("dingtalk media/upload: the access token was refused twice", permanent=True)
 
     async def _by_session(self, conversation: str, text: str) -> bool:
         """Send through the conversation's sessionWebhook; False if it has expired or refused."""

@@ -68,6 +68,7 @@ class Settings(BaseSettings, ShopConfig):
     dingtalk_robot_code: str = ""  # the robot's robotCode; default: the AppKey
     dingtalk_mode: Literal["stream", "http"] = "stream"  # Stream (no public URL) or HTTP callbacks
     dingtalk_api_url: str = "https://api.dingtalk.com"
+    dingtalk_oapi_url: str = "https://oapi.dingtalk.com"  # the older API (media upload)
     dingtalk_desk_conversation: str = ""  # openConversationId of the agents' group (the robot is a member)
     dingtalk_desk_webhook: SecretStr | None = None  # optional custom robot webhook in that group: cards go there
     dingtalk_desk_webhook_secret: SecretStr | None = None  # that robot's 加签 secret (SEC...)

@@ -24,6 +24,7 @@ New-OpenAPI errors are an HTTP 4xx/5xx with ``{"code": "...", "message": "...", 
 
 Old-style endpoints (https://oapi.dingtalk.com) answer HTTP 200 with ``{"errcode", "errmsg"}``:
 
+* ``POST /media/upload?access_token=`` (multipart ``type``, ``media``) -> {errcode, media_id}; 40014 bad token
 * ``POST /robot/sendBySession?session=`` -- a conversation's sessionWebhook (about 90 minutes); an unknown or
   expired session gets errcode 300001 (*guess*: the code for an expired session is not documented)
 * ``POST /robot/send?access_token=&timestamp=&sign=`` -- a custom robot with the 加签 security setting:
@@ -125,6 +126,7 @@ class FakeDingTalk:
         self.users: dict[str, User] = {}
         self.tokens: dict[str, float] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.uploads: dict[str, bytes] = {}  # media_id -> bytes (media/upload)
         self.codes: dict[str, str] = {}  # downloadCode -> file id
         self.sessions: dict[str, tuple[str, int]] = {}  # session -> (conversation id, expiry ms)
         self.sent: list[Json] = []
@@ -150,6 +152,7 @@ class FakeDingTalk:
             web.post("/v1.0/robot/groupMessages/send", self._api(self._group_send)),
             web.get("/files/{fid}", self._file),
             web.post("/robot/sendBySession", self._by_session),
+            web.post("/media/upload", self._media_upload),
             web.post("/robot/send", self._custom_robot),
             web.post("/v1.0/gateway/connections/open", self._open),
             web.get("/connect", self._connect),
@@ -381,6 +384,25 @@ class FakeDingTalk:
             return web.json_response({"errcode": 40035, "errmsg": "缺少参数 msgtype"})
         self._record("session", cid, kind, body.get(kind) or {})
         return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+    async def _media_upload(self, request: web.Request) -> web.Response:
+        """Old API: the app's access token (the same token as the new API's) as a query parameter."""
+        self.calls.append(request.path)
+        if self.tokens.get(request.query.get("access_token", ""), 0) < time.time():
+            return web.json_response({"errcode": 40014, "errmsg": "不合法的access_token"})
+        form = await request.post()
+        media, kind = form.get("media"), form.get("type")
+        if kind not in ("image", "voice", "video", "file"):
+            return web.json_response({"errcode": 40004, "errmsg": "不合法的媒体文件类型"})
+        if not isinstance(media, web.FileField):
+            return web.json_response({"errcode": 41001, "errmsg": "缺少media参数"})
+        data = media.file.read()
+        if kind == "image" and len(data) > 20 * 1024 * 1024:
+            return web.json_response({"errcode": 40006, "errmsg": "不合法的文件大小"})
+        media_id = "@lA" + _rand(40)
+        self.uploads[media_id] = data
+        return web.json_response({"errcode": 0, "errmsg": "ok", "media_id": media_id, "type": kind,
+                                  "created_at": int(time.time() * 1000)})
 
     async def _custom_robot(self, request: web.Request) -> web.Response:
         self.calls.append(request.path)

@@ -4,6 +4,7 @@ websockets to a local fake DingTalk (tests/fake_dingtalk.py), in HTTP-callback m
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from state.redis import RedisStore
 from tests.conftest import make_settings
 from tests.fake_dingtalk import FakeDingTalk, User
 from tests.fake_wecom import FakeWeCom
-from tests.support import ORDER_OK, REDIS_URL, WebBuyer, jpeg, png, texts
+from tests.support import ORDER_OK, REDIS_URL, TOKEN, WebBuyer, jpeg, png, texts
 
 Json = dict[str, Any]
 
@@ -87,7 +88,7 @@ async def _world(tmp_path: Path, mode: str, custom_robot: bool = False) -> tuple
                  "dingtalk_desk_webhook_secret": fake.custom_secret}
     settings = make_settings(
         tmp_path / "data", dingtalk_app_key=fake.app_key, dingtalk_app_secret=fake.app_secret, dingtalk_mode=mode,
-        dingtalk_api_url=fake.base, dingtalk_desk_conversation=fake.desk_cid, **extra)
+        dingtalk_api_url=fake.base, dingtalk_oapi_url=fake.base, dingtalk_desk_conversation=fake.desk_cid, **extra)
     server = TestServer(await create_app(settings, platforms=True))
     await server.start_server()
     if mode == "stream":
@@ -205,6 +206,28 @@ async def test_an_expired_session_webhook_falls_back_to_the_openapi(world: World
     await world.agent(agent, "查看 K9999")
     notice = await world.until(lambda: [m for m in fake.desk_messages() if "K9999" in m["text"]])
     assert notice
+
+
+async def test_a_web_desk_agent_sends_a_photo_to_a_dingtalk_buyer(world: World) -> None:
+    fake = world.fake
+    buyer = fake.user("小钱")
+    await world.deliver(fake.buyer_text(buyer, "转人工"))
+    await world.until(lambda: "K1001" in texts(fake.sent_to(buyer)))
+    n = len(fake.sent_to(buyer))
+    photo = png((10, 200, 10))
+    async with aiohttp.ClientSession() as http:
+        form = aiohttp.FormData()
+        form.add_field("agent", "小王")
+        form.add_field("text", "亲，是这款吗？")
+        form.add_field("photo", photo, filename="p.png", content_type="image/png")
+        async with http.post(f"{world.base}/api/desk/cases/K1001/reply", data=form,
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 200, await resp.text()
+    msgs = await world.replies(buyer, n + 3)  # the agent joined (a reply takes the case), the words, the photo
+    assert "小王" in msgs[n]["text"] and msgs[n + 1]["text"] == "亲，是这款吗？"
+    image = msgs[n + 2]
+    assert image["via"] == "otom" and image["kind"] == "sampleImageMsg"
+    assert fake.uploads[json.loads(image["text"])["photoURL"]] == photo  # uploaded, then sent by its media_id
 
 
 async def test_unsupported_files_get_a_polite_answer(world: World) -> None:
