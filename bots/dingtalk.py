@@ -274,11 +274,14 @@ class DingTalk:
             url = str(res.get("downloadUrl") or "")
             if not url:
                 return None, FileInfo(name="picture", reason="no downloadUrl")
-            async with self._http.get(url) as resp:
-                if resp.status != 200:
-                    return None, FileInfo(name="picture", reason=f"download {resp.status}")
-                data = await resp.content.read(self.cfg.max_photo_bytes + 1)
-                ctype = resp.headers.get("Content-Type", "")
+            try:
+                async with self._http.get(url) as resp:
+                    if resp.status != 200:
+                        return None, FileInfo(name="picture", reason=f"download {resp.status}")
+                    data = await resp.content.read(self.cfg.max_photo_bytes + 1)
+                    ctype = resp.headers.get("Content-Type", "")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise SendError(f"dingtalk picture download: {exc.__class__.__name__}") from exc
         except SendError as exc:
             if exc.permanent:
                 return None, FileInfo(name="picture", reason=str(exc)[:200])
@@ -337,7 +340,7 @@ class DingTalk:
                 async with self._http.post(f"{self.cfg.api_url.rstrip('/')}/v1.0/oauth2/accessToken",
                                            json={"appKey": self.cfg.app_key, "appSecret": self.cfg.app_secret}) as resp:
                     status, res = resp.status, await resp.json(content_type=None) or {}
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as exc:
                 raise SendError(f"dingtalk accessToken: {exc.__class__.__name__}") from exc
             if status != 200 or not res.get("accessToken"):
                 raise SendError(f"dingtalk accessToken {status} {res.get('code')}: {res.get('message')}",

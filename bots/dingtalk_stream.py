@@ -85,6 +85,8 @@ class StreamLink:
         self._ready.set()
         task = asyncio.ensure_future(client.start())
         await self._stop.wait()
+        # Closing the socket makes the SDK log a "network exception": expected here, not worth an error line.
+        logging.getLogger("kefu.dingtalk.sdk").disabled = True
         ws = client.websocket
         if ws is not None:
             try:
@@ -95,3 +97,4 @@ class StreamLink:
         while not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.2)
+        logging.getLogger("kefu.dingtalk.sdk").disabled = False
