@@ -23,6 +23,7 @@ from aiohttp import web
 from bots import metrics
 from bots.admin import Admin
 from bots.adminpages import AdminPages
+from bots.dingtalk import DingTalk, DingTalkSettings
 from bots.dispatcher import Dispatcher
 from bots.http import MediaSigner, error
 from bots.pages import Pages
@@ -68,6 +69,7 @@ class Kefu:
     admin_token: str
     telegram: Telegram | None = None
     wecom: WeCom | None = None
+    dingtalk: DingTalk | None = None
     config_version: int = 0
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     stopper: Stopper = field(default_factory=Stopper)
@@ -117,6 +119,20 @@ def _wecom(settings: Settings, ctx: Context, media: MediaStore) -> WeCom | None:
     ), ctx, media)
 
 
+def _dingtalk(settings: Settings, ctx: Context, media: MediaStore) -> DingTalk | None:
+    if not settings.dingtalk_app_key or settings.dingtalk_app_secret is None:
+        return None
+    secret = lambda v: v.get_secret_value() if v is not None else ""  # noqa: E731
+    return DingTalk(DingTalkSettings(
+        app_key=settings.dingtalk_app_key, app_secret=secret(settings.dingtalk_app_secret),
+        robot_code=settings.dingtalk_robot_code, mode=settings.dingtalk_mode, api_url=settings.dingtalk_api_url,
+        oapi_url=settings.dingtalk_oapi_url, desk_conversation=settings.dingtalk_desk_conversation,
+        desk_webhook=secret(settings.dingtalk_desk_webhook),
+        desk_webhook_secret=secret(settings.dingtalk_desk_webhook_secret),
+        max_photo_bytes=int(settings.max_photo_mb * 1024 * 1024),
+    ), ctx, media)
+
+
 def _secret_setting(value: Any) -> str | None:
     return value.get_secret_value().strip() or None if value is not None else None
 
@@ -162,12 +178,17 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
         channels[wecom.platform] = wecom
         if settings.wecom_robot_key is not None or settings.wecom_agent_id is not None:
             desks[wecom.name] = wecom
+    dingtalk = _dingtalk(settings, ctx, media) if platforms else None
+    if dingtalk is not None:
+        channels[dingtalk.platform] = dingtalk
+        if settings.dingtalk_desk_conversation or settings.dingtalk_desk_webhook is not None:
+            desks[dingtalk.name] = dingtalk
     dispatcher = Dispatcher(ctx, channels=channels, desks=desks, max_attempts=settings.send_max_attempts)
     engine = Engine(ctx, desks=list(desks), on_commit=dispatcher.flush, on_handled=_observe)
     dispatcher.report_failure = engine.handle
     webchat.engine = webdesk.engine = engine
     kefu = Kefu(settings, role, store, media, ctx, engine, dispatcher, webchat, webdesk,
-                Admin(ctx, store, admin_token), desk_token, admin_token, telegram, wecom, version)
+                Admin(ctx, store, admin_token), desk_token, admin_token, telegram, wecom, dingtalk, version)
     handles = role in ("all", "worker")
     await dispatcher.start()
     try:
@@ -179,6 +200,9 @@ async def start_kefu(settings: Settings, platforms: bool = True, role: Role = "a
         if wecom is not None:
             wecom.engine, wecom.flush = engine, dispatcher.flush_target
             await wecom.start(handle=handles)
+        if dingtalk is not None:
+            dingtalk.engine = engine
+            await dingtalk.start(ingress=role in ("all", "web"), handle=handles)
     except Exception:
         await stop_kefu(kefu)
         raise
@@ -194,6 +218,8 @@ async def stop_kefu(kefu: Kefu) -> None:
         await kefu.telegram.stop()
     if kefu.wecom is not None:
         await kefu.wecom.stop()
+    if kefu.dingtalk is not None:
+        await kefu.dingtalk.stop()
     await kefu.webchat.worker.stop()
     await kefu.stopper.finish(kefu.tasks)
     await kefu.dispatcher.stop()
@@ -314,4 +340,6 @@ async def create_app(settings: Settings, platforms: bool = True, role: Role = "a
         app.add_routes(kefu.telegram.routes())
     if kefu.wecom is not None:
         app.add_routes(kefu.wecom.routes())
+    if kefu.dingtalk is not None:
+        app.add_routes(kefu.dingtalk.routes())
     return app

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -64,6 +64,16 @@ class Settings(BaseSettings, ShopConfig):
     wecom_robot_key: SecretStr | None = None  # the agents' group robot webhook key: case cards go there
     wecom_agents: dict[str, str] = {}  # kefu agent name -> WeCom userid (those take chats in WeCom itself)
     wecom_handoff_pool: bool = False  # a new case moves the kf session to the pool (2) instead of the bot
+    # DingTalk (钉钉): starts with `kefu run` when app key and app secret are set
+    dingtalk_app_key: str = ""  # the app's AppKey (Client ID)
+    dingtalk_app_secret: SecretStr | None = None  # AppSecret (Client Secret): callback signatures, access tokens
+    dingtalk_robot_code: str = ""  # the robot's robotCode; default: the AppKey
+    dingtalk_mode: Literal["stream", "http"] = "stream"  # Stream (no public URL) or HTTP callbacks
+    dingtalk_api_url: str = "https://api.dingtalk.com"
+    dingtalk_oapi_url: str = "https://oapi.dingtalk.com"  # the older API (media upload)
+    dingtalk_desk_conversation: str = ""  # openConversationId of the agents' group (the robot is a member)
+    dingtalk_desk_webhook: SecretStr | None = None  # optional custom robot webhook in that group: cards go there
+    dingtalk_desk_webhook_secret: SecretStr | None = None  # that robot's 加签 secret (SEC...)
     config: Path | None = Field(default=None, exclude=True)
 
     @classmethod
@@ -83,6 +93,7 @@ class Settings(BaseSettings, ShopConfig):
 
     @field_validator("telegram_token", "telegram_webhook_secret", "desk_token", "admin_token", "telegram_desk_chat",
                      "wecom_secret", "wecom_token", "wecom_aes_key", "wecom_robot_key", "wecom_agent_id",
+                     "dingtalk_app_secret", "dingtalk_desk_webhook", "dingtalk_desk_webhook_secret",
                      "admin_password", "admin_password_hash", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:

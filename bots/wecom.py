@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,10 +48,10 @@ from wechatpy.work.crypto import WeChatCrypto
 
 from bots import metrics
 from bots.base import SendError
+from bots.commands import parse_command
 from bots.ingress import IngressWorker
 from handlers.cards import card_text_within
 from handlers.context import Context
-from handlers.desk import normalize_case_id
 from handlers.engine import Engine
 from handlers.model import AgentCommand, Buyer, BuyerMessage, Channel, DeskAction, FileInfo, Media, Reply, SendFailed
 from handlers.privacy import mask
@@ -78,11 +77,6 @@ PLAIN = {
     95018: "kf: the session is with a servicer in WeCom or has ended; the bot may not send",
     95013: "kf: the session has ended",
 }
-CMD = re.compile(r"^\s*/?(take|reply|note|resolve|reopen|case|接单|回复|备注|解决|结案|重新打开|重开|查看)\s*"
-                 r"(?:#?[Kk]?(\d{1,9})\b)?\s*(.*)$", re.S)
-VERBS = {"take": "take", "接单": "take", "reply": "reply", "回复": "reply", "note": "note", "备注": "note",
-         "resolve": "resolve", "解决": "resolve", "结案": "resolve", "reopen": "reopen", "重新打开": "reopen",
-         "重开": "reopen", "case": "show", "查看": "show"}
 
 
 @dataclass(frozen=True)
@@ -432,11 +426,10 @@ class WeCom:
         for row in rows:
             userid, text = row.payload["userid"], row.payload["text"].strip()
             agent = self.name_of.get(userid, userid)
-            m = CMD.match(text)
+            cmd = parse_command(text)
             current = await self.store.get_meta(self._key("agent_case", userid))
-            if m:
-                verb, case_id, text = VERBS[m.group(1).lower()], m.group(2), m.group(3).strip()
-                case_id = normalize_case_id(case_id) if case_id else current
+            if cmd:
+                verb, case_id, text = cmd.verb, cmd.case_id or current, cmd.text
             else:
                 verb, case_id = "reply", current  # a plain message: to the buyer of the case in hand
             if not case_id:
