@@ -195,17 +195,14 @@ class DingTalk:
             if kind == "1":
                 await self._buyer_message(d)
             elif kind == "2" and self._is_desk(str(d.get("conversationId") or "")):
-                if not self.cfg.desk_conversation:
-                    log.info("dingtalk group %s taken as the agents' group; set dingtalk_desk_conversation to it",
-                             row.lane)
                 await self._desk_message(d)
             else:
-                log.info("dingtalk message from group %s ignored: not dingtalk_desk_conversation", row.lane,
-                         extra={"session": row.lane, "message_id": d.get("msgId")})
+                # Only the configured agents' group acts on cases (its id is logged so it can be set).
+                log.info("dingtalk message from group %s ignored: not dingtalk_desk_conversation",
+                         d.get("conversationId"), extra={"session": row.lane, "message_id": d.get("msgId")})
 
     def _is_desk(self, conversation_id: str) -> bool:
-        # Without a configured group, any group the robot is @-ed in is the agents' group.
-        return not self.cfg.desk_conversation or conversation_id == self.cfg.desk_conversation
+        return bool(self.cfg.desk_conversation) and conversation_id == self.cfg.desk_conversation
 
     async def _remember_webhook(self, d: dict[str, Any]) -> None:
         cid, url = d.get("conversationId"), d.get("sessionWebhook")

@@ -189,6 +189,21 @@ async def test_a_redelivered_msg_id_is_handled_once(world: World) -> None:
     assert [m["text"] for m in lines if m["who"] == "buyer"] == ["能开发票吗"]
 
 
+async def test_commands_from_another_group_are_ignored(world: World) -> None:
+    fake = world.fake
+    buyer, stranger, agent = fake.user("小李"), fake.user("路人"), fake.user("小王")
+    await world.says(buyer, "我要转人工", 2)
+    await world.case("K1001")
+    # Someone @-s the robot in a group that is not the agents' group: nothing happens to the case.
+    await world.deliver(fake.agent_text(stranger, "接单 K1001", cid="cidSomeOtherGroup=="))
+    await world.deliver(fake.agent_text(stranger, "解决 K1001 随便", cid="cidSomeOtherGroup=="))
+    await world.agent(agent, "备注 K1001 真正的客服")
+    await world.case("K1001", lambda c: bool(c.notes))
+    await asyncio.sleep(0.5)  # the other group's messages had time to be handled too
+    case = await world.case("K1001")
+    assert case.status == "open" and case.assignee is None and case.notes[0].agent == "小王"
+
+
 async def test_an_expired_session_webhook_falls_back_to_the_openapi(world: World) -> None:
     fake = world.fake
     buyer, agent = fake.user("赵先生"), fake.user("小张")
