@@ -144,9 +144,21 @@ class IngressWorker:
                     if not await self._handle(batch):
                         return  # backing off: later rows of this lane must wait, or order breaks
                     rows = [r for r in rows if r not in batch]
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the store failed while recording the outcome: the rows stay pending
+            stop_if_cancelled()
+            log.warning("%s lane stopped; its rows are tried again", self.source, exc_info=True)
         finally:
             self._busy_lanes.discard(lane)
             self.kick()
+
+    async def _store_answers(self) -> bool:
+        try:
+            return await self.store.ping()
+        except Exception:
+            stop_if_cancelled()
+            return False
 
     async def _handle(self, batch: list[IngressRow]) -> bool:
         ids = [r.id for r in batch]
@@ -156,15 +168,27 @@ class IngressWorker:
             raise
         except Exception as exc:
             stop_if_cancelled()
-            attempts = batch[0].attempts + 1
-            log.warning("handling %s failed (attempt %d): %s", self.source, attempts, exc.__class__.__name__,
-                        extra={"session": batch[0].lane, "message_id": batch[0].key}, exc_info=True)
+            # An unreachable store is not the message's fault: it waits, and no attempt is spent.
+            counts = await self._store_answers()
+            attempts = batch[0].attempts + (1 if counts else 0)
+            log.warning("handling %s failed (attempt %d%s): %s", self.source, attempts,
+                        "" if counts else ", store unreachable", exc.__class__.__name__,
+                        extra={"session": batch[0].lane, "message_id": batch[0].key}, exc_info=counts)
             if attempts >= self.max_attempts:
                 await self.store.ingress_fail(ids, f"{exc.__class__.__name__}: {exc}"[:500])
                 return True
-            await self.store.ingress_retry(ids, time.time() + min(2 ** attempts, 60), str(exc)[:500])
+            delay = min(2 ** attempts, 60) if counts else self.poll_interval * 2
+            await self.store.ingress_retry(ids, time.time() + delay, str(exc)[:500])
             return False
-        await self.store.ingress_done(ids)
+        try:
+            await self.store.ingress_done(ids)
+        except Exception as exc:
+            stop_if_cancelled()
+            # Handled and committed, not yet marked done: the rows stay, and the next pass hands
+            # them over again as duplicates, which the turn's dedupe drops.
+            log.warning("could not mark %s rows done: %s", self.source, exc.__class__.__name__,
+                        extra={"session": batch[0].lane, "message_id": batch[0].key})
+            return False
         return True
 
 

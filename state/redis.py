@@ -51,6 +51,11 @@ LOCK_LEASE = 10.0
 INGRESS_LEASE = 5.0
 CONSUMER_ALIVE = 10.0
 LEASE_CHECK = 1.0
+# How often a process re-reads the stream entries Redis says it holds: a read whose reply was lost
+# (Redis killed or the connection cut after it ran) leaves entries only a read of our own pending
+# list returns. After a failed read this happens at once; the sweep is the safety net.
+PEL_SWEEP = 15.0
+READ_PAGE = 500
 STATUSES = ("open", "taken", "resolved")
 
 _COMMIT = """
@@ -205,6 +210,8 @@ class RedisStore:
         self._config_event = asyncio.Event()
         self._renewals: set[asyncio.Task[None]] = set()
         self._leases_checked: dict[str, float] = {}
+        self._pel_checked: dict[str, float] = {}
+        self._pel_dirty: set[str] = set()
 
     def k(self, *parts: str | int) -> str:
         return ":".join([self.ns, *(str(p) for p in parts)])
@@ -559,19 +566,29 @@ class RedisStore:
             if start in ("0-0", b"0-0"):
                 break
         self._owned[source].add(p)
-        await self._read(source, [p], "0")
+        await self._read_own(source, [p])
 
-    async def _read(self, source: str, parts: list[int], cursor: str) -> None:
+    async def _read(self, source: str, parts: list[int], cursor: str) -> dict[int, str]:
+        """Read `parts` from `cursor` (">" new entries, an id: our own pending ones after it).
+
+        Returns, for each partition that filled a whole page, the id to go on from."""
         if not parts:
-            return
+            return {}
         streams = {self._stream(source, p): cursor for p in parts}
-        res = await self.r.xreadgroup("kefu", self.consumer, streams, count=500)
+        res = await self.r.xreadgroup("kefu", self.consumer, streams, count=READ_PAGE)
+        more: dict[int, str] = {}
+        gone: list[tuple[int, str]] = []
         for stream, entries in res or []:
             p = int(stream.rsplit(":", 1)[1])
             if p not in self._owned[source]:
                 continue
+            if len(entries) >= READ_PAGE:
+                more[p] = entries[-1][0]
             for entry_id, fields in entries:
-                if (source, p, entry_id) in self._by_entry or not fields:
+                if not fields:  # deleted after it was read (its ack was cut in half): finish the ack
+                    gone.append((p, entry_id))
+                    continue
+                if (source, p, entry_id) in self._by_entry:
                     continue
                 self._next_row += 1
                 rid = self._next_row
@@ -582,10 +599,42 @@ class RedisStore:
                     payload=json.loads(fields["payload"]), attempts=0, created_at=float(fields.get("at") or 0),
                     not_before=0.0,
                 )
+        if gone:
+            pipe = self.r.pipeline(transaction=False)
+            for p, entry_id in gone:
+                pipe.xack(self._stream(source, p), "kefu", entry_id)
+            await pipe.execute()
+        return more
+
+    async def _read_own(self, source: str, parts: list[int]) -> None:
+        """Everything Redis has delivered to this consumer and not seen acknowledged, page by page."""
+        for p in parts:
+            cursor = "0"
+            while True:
+                more = await self._read(source, [p], cursor)
+                if p not in more:
+                    break
+                cursor = more[p]
 
     async def ingress_pending(self, source: str, limit: int = 200) -> list[IngressRow]:
         await self._leases(source)
-        await self._read(source, sorted(self._owned[source]), ">")
+        parts = sorted(self._owned[source])
+        now = time.monotonic()
+        if source in self._pel_dirty or now - self._pel_checked.get(source, 0.0) >= PEL_SWEEP:
+            self._pel_dirty.discard(source)
+            self._pel_checked[source] = now
+            try:
+                await self._read_own(source, parts)
+            except Exception:
+                self._pel_dirty.add(source)
+                raise
+        try:
+            await self._read(source, parts, ">")
+        except Exception:
+            # Redis may have run the read and lost only its reply: those entries are ours now
+            # and a ">" read never returns them again, so read our own pending list next time.
+            self._pel_dirty.add(source)
+            raise
         rows = sorted(self._rows[source].values(), key=lambda r: self._order(r.id))
         return rows[:limit]
 
@@ -605,16 +654,21 @@ class RedisStore:
         event.clear()
 
     async def _ack(self, ids: list[int]) -> None:
+        known = [rid for rid in ids if rid in self._entry]
+        if not known:
+            return
         pipe = self.r.pipeline(transaction=False)
-        for rid in ids:
-            if rid not in self._entry:
-                continue
-            source, p, entry_id = self._entry.pop(rid)
-            self._by_entry.pop((source, p, entry_id), None)
-            self._rows[source].pop(rid, None)
+        for rid in known:
+            source, p, entry_id = self._entry[rid]
             pipe.xack(self._stream(source, p), "kefu", entry_id)
             pipe.xdel(self._stream(source, p), entry_id)
         await pipe.execute()
+        # Forgotten only once Redis has them: a failed ack leaves the rows here, and handling
+        # them again is a duplicate the turn's dedupe drops.
+        for rid in known:
+            source, p, entry_id = self._entry.pop(rid)
+            self._by_entry.pop((source, p, entry_id), None)
+            self._rows[source].pop(rid, None)
 
     async def ingress_done(self, ids: list[int]) -> None:
         await self._ack(ids)

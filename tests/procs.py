@@ -71,3 +71,16 @@ def web(env: dict[str, str], logs: Path) -> Proc:
 
 def worker(env: dict[str, str], logs: Path, n: int) -> Proc:
     return Proc(["worker"], env, logs / f"worker{n}.log", "kefu worker")
+
+
+def problems(procs: list[Proc], limit: int = 30) -> str:
+    """The warnings and errors the processes logged (their last `limit` lines each), for a failure message."""
+    out = []
+    for p in procs:
+        try:
+            lines = [ln for ln in p.log_path.read_text(errors="replace").splitlines()
+                     if " WARNING " in ln or " ERROR " in ln or "Error" in ln]
+        except OSError:
+            continue
+        out.append(f"--- {p.log_path.name}: {len(lines)} lines\n" + "\n".join(ln[:300] for ln in lines[-limit:]))
+    return "\n".join(out)

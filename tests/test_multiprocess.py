@@ -7,7 +7,6 @@ case; and nothing may be left pending."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import aiohttp
 import pytest
 
 from state.redis import RedisStore
-from tests.procs import Proc, kefu_env, web, worker
+from tests.procs import Proc, kefu_env, problems, web, worker
 from tests.support import ORDER_OK, REDIS_URL, png
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,7 +120,11 @@ async def namespace() -> AsyncIterator[str]:
 async def pending_work(store: RedisStore) -> dict[str, int]:
     depths = await store.queue_depths()
     failed = await store.r.llen(store.k("in", "failed", "webchat"))
-    return {**depths, "failed": failed}
+    unacked = 0  # delivered to a worker and never acknowledged
+    for p in range(store.partitions):
+        if await store.r.exists(store._stream("webchat", p)):
+            unacked += int((await store.r.xpending(store._stream("webchat", p), "kefu"))["pending"])
+    return {**depths, "failed": failed, "unacked": unacked}
 
 
 async def test_500_buyers_while_a_worker_is_killed_and_restarted(tmp_path: Path, namespace: str) -> None:
@@ -230,20 +233,28 @@ async def test_nothing_acknowledged_is_lost_when_redis_restarts(tmp_path: Path, 
             aof_redis.kill()  # a crash: only what was fsynced to the AOF survives
             await asyncio.sleep(1.5)
             aof_redis.start()
-            await task
+            try:
+                await task
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{problems(procs)}") from None
             await asyncio.sleep(1.0)
             everything = await asyncio.gather(*(b.everything() for b in buyers))
         bad = [(b.visitor, t) for b, t in zip(buyers, everything, strict=True) if not expected_ok(t)]
-        assert not bad, f"{len(bad)} buyers lost or repeated replies, e.g. {bad[0]}"
+        assert not bad, f"{len(bad)} buyers lost or repeated replies, e.g. {bad[0]}\n{problems(procs)}"
         store = RedisStore(aof_redis.url)
         try:
             assert len(await store.find_cases(limit=100)) == 40
+            for _ in range(50):
+                work = await pending_work(store)
+                if not any(work.values()):
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(work.values()), f"{work}\n{problems(procs)}"
         finally:
             await store.r.aclose()
     finally:
         for p in procs:
             p.kill(signal.SIGTERM)
-    _ = os
 
 
 async def test_an_edit_made_in_one_process_is_served_by_all_within_two_seconds(tmp_path: Path, namespace: str) -> None:

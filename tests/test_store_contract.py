@@ -1,4 +1,4 @@
-"""One contract every store passes (SQLite now; Redis joins the parameter list later)."""
+"""One contract every store passes (SQLite and Redis), and what only the Redis store needs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+import redis.exceptions
 
 from state.protocol import CaseRow, LockTimeout, OutboxItem, Store, Turn
 from state.redis import RedisStore
@@ -234,3 +235,73 @@ async def test_misses_are_counted_with_the_turn(any_store: Store) -> None:
     assert listed[0]["kind"] == "unhelpful" and listed[0]["answered"] == "invoice"
     await any_store.dismiss_miss("能开专票吗")
     assert [m["norm"] for m in await any_store.list_misses()] == ["有猫砂吗"]
+
+
+@pytest.fixture
+async def redis_store() -> AsyncIterator[RedisStore]:
+    store = RedisStore(REDIS_URL, namespace=f"kefu-test-{uuid.uuid4().hex[:8]}", partitions=1)
+    await store.open()
+    yield store
+    await store.drop_namespace()
+    await store.close()
+
+
+async def test_a_stream_read_whose_reply_was_lost_loses_no_message(redis_store: RedisStore) -> None:
+    """Redis runs XREADGROUP and is killed (or the connection is cut) before its reply arrives:
+    the entries now belong to this consumer, and a ">" read never returns them again."""
+    store = redis_store
+    assert await store.ingress_push("webchat", "m1", "lane1", {"n": 1})
+    assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
+    assert await store.ingress_push("webchat", "m2", "lane1", {"n": 2})
+    real = store.r.xreadgroup
+
+    async def read_then_lose_reply(*args: object, **kwargs: object) -> object:
+        await real(*args, **kwargs)  # Redis ran it: m2 is delivered to this consumer
+        raise redis.exceptions.ConnectionError("Connection reset by peer")
+
+    store.r.xreadgroup = read_then_lose_reply
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await store.ingress_pending("webchat")
+    store.r.xreadgroup = real
+    assert [r.key for r in await store.ingress_pending("webchat")] == ["m1", "m2"]
+    rows = await store.ingress_pending("webchat")
+    await store.ingress_done([r.id for r in rows])
+    assert await store.ingress_pending("webchat") == []
+    assert await store.r.xpending(store._stream("webchat", 0), "kefu") == {
+        "pending": 0, "min": None, "max": None, "consumers": []}
+
+
+async def test_entries_delivered_elsewhere_in_this_process_are_found_by_the_sweep(
+    redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = redis_store
+    assert await store.ingress_pending("webchat") == []  # takes the partition
+    assert await store.ingress_push("webchat", "m1", "lane1", {"n": 1})
+    # Delivered to this consumer by a read whose reply nobody saw, and no error to say so.
+    await store.r.xreadgroup("kefu", store.consumer, {store._stream("webchat", 0): ">"})
+    monkeypatch.setattr("state.redis.PEL_SWEEP", 0.0)
+    assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
+
+
+async def test_a_failed_ack_keeps_the_row_until_redis_has_it(redis_store: RedisStore) -> None:
+    store = redis_store
+    assert await store.ingress_push("webchat", "m1", "lane1", {"n": 1})
+    rows = await store.ingress_pending("webchat")
+    real = store.r.pipeline
+
+    def broken_pipeline(*args: object, **kwargs: object) -> object:
+        pipe = real(*args, **kwargs)
+
+        async def execute(*_a: object, **_k: object) -> object:
+            raise redis.exceptions.ConnectionError("Connection reset by peer")
+
+        pipe.execute = execute
+        return pipe
+
+    store.r.pipeline = broken_pipeline
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await store.ingress_done([rows[0].id])
+    store.r.pipeline = real
+    assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
+    await store.ingress_done([rows[0].id])
+    assert await store.ingress_pending("webchat") == []
