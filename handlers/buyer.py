@@ -111,7 +111,8 @@ async def _idle_turn(
         _unhelpful(t)  # "不对" right after an answer: it was the wrong one
         return
     order_no, _ = orders.find(text)
-    route = t.ctx.router.route(text)
+    # "衣服发错了 订单号 3849…": route what the buyer said, not the number and its label.
+    route = t.ctx.router.route((orders.strip(text, order_no) if order_no else "") or text)
     label = route.label
     if label in ("human", "complaint"):
         await hand_off(t, "complaint" if label == "complaint" else "buyer_request")

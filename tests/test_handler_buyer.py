@@ -43,6 +43,22 @@ async def test_order_number_in_the_first_sentence_is_never_asked_for(engine: Eng
     assert case.description == "收到的盘子碎了两个" and case.order_verified
 
 
+@pytest.mark.parametrize(("message", "claim"), [
+    ("在吗 我买的衣服发错了 订单号 {o}", "wrong_item"),
+    ("订单号：{o}，少发了一件", "missing_item"),
+    ("{o} 这单的杯子碎了", "damaged"),
+    ("my order {o} arrived damaged, the box was crushed", "damaged"),
+    ("東西少了一件，訂單{o}", "missing_item"),
+])
+async def test_a_claim_with_its_order_number_in_one_message_goes_straight_on(
+    engine: Engine, message: str, claim: str
+) -> None:
+    b = EngineBuyer(engine, chat=f"b-{abs(hash(message))}")
+    await b.send(message.format(o=ORDER_OK))
+    draft = b.last.conversation.claim
+    assert draft is not None and draft.type == claim and draft.order_no == ORDER_OK
+
+
 async def test_a_bad_order_number_is_reasked_and_three_failures_go_to_a_person_unverified(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("发错货了")
@@ -293,14 +309,14 @@ async def test_a_short_description_given_when_asked_is_taken_not_asked_again(eng
 async def test_picking_a_claim_after_did_you_mean_keeps_what_the_buyer_said(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("你好")
-    replies = await b.send(f"衣服袖子短了一截，订单{ORDER_OK}")
+    replies = await b.send(f"订单{ORDER_OK}收到的东西我不满意")
     assert "是不是想问" in said(replies) or "什么问题" in said(replies)
     assert "claim:quality" in [x.payload for r in replies for x in r.buttons]
     replies = await b.send(payload="claim:quality")
     assert "订单号" not in said(replies) and "拍清楚" in said(replies)  # the number came with the first message
     await b.send(photos=1)
     replies = await b.send(payload="photos_done")
-    assert "袖子短了一截" in said(replies) and "对吗" in said(replies)
+    assert "收到的东西我不满意" in said(replies) and "对吗" in said(replies)
 
 
 async def test_did_you_mean_never_offers_the_same_button_twice(engine: Engine) -> None:
