@@ -332,3 +332,27 @@ async def test_a_kf_buyer_served_from_the_telegram_desk(fake: FakeWeCom, tmp_pat
     finally:
         await world.server.close()
         await tg.close()
+
+
+async def test_a_retried_agent_message_is_handled_once(fake: FakeWeCom, tmp_path: Path) -> None:
+    """WeCom retries a callback it got no 200 for in 5 s: the same MsgId is one command."""
+    world = await start(fake, wecom_settings(fake, tmp_path / "d"))
+    try:
+        buyer = fake.customer("冯先生")
+        await world.says(buyer, "转人工", 1)
+        take = fake.app_text_xml("manager", "接单 K1001", msg_id=7001)
+        note = fake.app_text_xml("manager", "备注 K1001 先查物流", msg_id=7002)
+        for xml in (take, take, note, note):
+            assert (await fake.callback(world.url, xml)).status == 200
+
+        async def noted() -> Any:
+            case = await world.case("K1001")
+            return case if case.notes else None
+
+        await world.until(noted)
+        await world.kefu.wecom.app_worker.drain()  # type: ignore[union-attr]
+        case = await world.case("K1001")
+        assert [h.event for h in case.history] == ["created", "taken", "note"]
+        assert len(case.notes) == 1 and len([m for m in fake.sent_to(buyer) if "manager" in content(m)]) == 1
+    finally:
+        await world.server.close()
