@@ -13,12 +13,15 @@ from handlers.model import Channel, DeskAction, Reply
 
 class SendError(Exception):
     """A send failed. `retry_after` (seconds) if the platform said when to retry;
-    `permanent` if retrying cannot help (blocked by the user, chat gone)."""
+    `permanent` if retrying cannot help (blocked by the user, chat gone); `reason`, a key
+    of the `send_fail_reasons` labels, says why in the agents' words when it is known."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, permanent: bool = False,
+                 reason: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.permanent = permanent
+        self.reason = reason
 
 
 class BuyerChannel(Protocol):

@@ -149,7 +149,7 @@ class Dispatcher:
             else:
                 await self._send_desk(batch[0].action.get("desk", ""), [a for a in actions if isinstance(a, DeskAction)])
         except SendError as exc:
-            return await self._failed(target, batch, str(exc), exc.retry_after, exc.permanent)
+            return await self._failed(target, batch, str(exc), exc.retry_after, exc.permanent, exc.reason)
         except Exception as exc:  # a bug or a network error: retry, never lose
             stop_if_cancelled()
             log.warning("send to %s failed: %s", target.split("|")[0], exc.__class__.__name__,
@@ -183,7 +183,8 @@ class Dispatcher:
         await desk.publish(actions, card)
 
     async def _failed(
-        self, target: str, batch: list[OutboxRow], error: str, retry_after: float | None, permanent: bool
+        self, target: str, batch: list[OutboxRow], error: str, retry_after: float | None, permanent: bool,
+        reason: str = "",
     ) -> bool:
         ids = [r.id for r in batch]
         attempts = batch[0].attempts + 1
@@ -198,6 +199,7 @@ class Dispatcher:
                 await self.report_failure(SendFailed(
                     message_id=f"fail-{batch[0].id}", session=target.split("|", 1)[1], at=time.time(),
                     case_id=getattr(reply, "case_id", None), text=getattr(reply, "text", ""), error=error,
+                    reason=reason,
                 ))
             return True  # the next item may go: a failed one is on the case for agents
         metrics.SEND_RETRIES.labels(kind).inc(len(batch))

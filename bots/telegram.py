@@ -467,7 +467,8 @@ class Telegram:
         except RetryAfter as exc:
             raise SendError(f"telegram 429: {exc}", retry_after=_seconds(exc)) from exc
         except Forbidden as exc:  # blocked by the user, kicked from the group
-            raise SendError(f"telegram forbidden: {exc}", permanent=True) from exc
+            raise SendError(f"telegram forbidden: {exc}", permanent=True,
+                            reason="blocked" if "blocked" in str(exc).lower() else "undelivered") from exc
         except BadRequest as exc:
             raise SendError(f"telegram bad request: {exc}", permanent=True) from exc
         except (TimedOut, NetworkError) as exc:

@@ -40,7 +40,6 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import xmltodict
 from aiohttp import web
-from aiolimiter import AsyncLimiter
 from wechatpy.exceptions import APILimitedException, WeChatClientException
 from wechatpy.session import SessionStorage
 from wechatpy.work import WeChatClient
@@ -57,7 +56,8 @@ from handlers.model import AgentCommand, Buyer, BuyerMessage, Channel, DeskActio
 from handlers.privacy import mask
 from state.keys import buyer_target, platform_key, session_key
 from state.media import MediaStore, NotAnImage
-from state.protocol import IngressRow, Store
+from state.protocol import IngressRow, LockTimeout, Store
+from state.tasks import Stopper, stop_if_cancelled
 
 log = logging.getLogger("kefu.wecom")
 
@@ -69,6 +69,8 @@ KF_WINDOW = 48 * 3600  # kf: replies only within 48 h of the buyer's last messag
 WELCOME_TTL = 20  # a welcome_code is good for 20 s
 MAX_TEXT_BYTES = 2000  # kf text is limited to 2048 bytes
 ROBOT_BYTES = 2000  # and so is a group robot's text message
+ROBOT_PER_MINUTE = 20  # a group robot takes 20 messages a minute (45009 beyond): one window for every process
+ROBOT_WINDOW = 60.0
 RETRY_LATER = {45009, 45033, -1}  # rate limits, "system busy"
 # What the desk is told when WeChat refuses a reply, in words an agent can act on.
 PLAIN = {
@@ -76,6 +78,21 @@ PLAIN = {
     95002: "kf: more than 48 hours since the buyer's last message; WeChat does not allow a reply now",
     95018: "kf: the session is with a servicer in WeCom or has ended; the bot may not send",
     95013: "kf: the session has ended",
+}
+REASONS = {95001: "kf_budget", 95002: "kf_window", 95018: "kf_servicer", 95013: "kf_ended"}  # send_fail_reasons
+FAIL_REASONS = {4: "kf_window", 5: "kf_ended", 6: "kf_budget", 10: "refused"}
+# msg_send_fail's fail_type, as WeCom documents it, in the same plain words.
+FAIL_TYPES = {
+    0: "kf: WeChat did not deliver the message (reason unknown)",
+    1: "kf: the kf account was deleted",
+    2: "kf: the app was disabled",
+    4: "kf: more than 48 hours since the buyer's last message; WeChat did not deliver it",
+    5: "kf: the session was closed; WeChat did not deliver it",
+    6: "kf: more than 5 replies to one buyer message; WeChat did not deliver it",
+    8: "kf: the company is not verified",
+    10: "kf: the buyer refuses messages from this account",
+    11: "kf: nobody in the company is logged in to WeCom",
+    12: "kf: this kind of message may not be sent through kf",
 }
 
 
@@ -179,9 +196,12 @@ class WeCom:
         self.app_worker = IngressWorker(self.store, f"wecom-app:{cfg.corp_id}", self._handle_app, group_window=0)
         self.userid_of = dict(cfg.agents)
         self.name_of = {v: k for k, v in cfg.agents.items()}
-        self._robot_limit = AsyncLimiter(20, 60)
+        # WeChat's clocks: kf's 48-hour window, the welcome code, the robot's minute (a seam for tests).
+        self.clock: Callable[[], float] = time.time
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._robot_task: asyncio.Task[None] | None = None
+        self._stopper = Stopper()
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
@@ -195,8 +215,11 @@ class WeCom:
         if handle:
             for w in (self.kf_worker, self.msg_worker, self.app_worker):
                 await w.start()
+        if self.cfg.robot_key:
+            self._robot_task = asyncio.create_task(self._robot_loop(), name="kefu-wecom-robot")
 
     async def stop(self) -> None:
+        await self._stopper.finish([self._robot_task], timeout=2)
         for w in (self.kf_worker, self.msg_worker, self.app_worker):
             await w.stop()
         if self._http is not None:
@@ -231,12 +254,13 @@ class WeCom:
             if exc.errcode in RETRY_LATER or exc.errcode is None:
                 raise SendError(f"wecom {exc.errcode}: {exc.errmsg}", retry_after=5.0) from exc
             plain = PLAIN.get(exc.errcode or 0)
-            raise SendError(f"wecom {exc.errcode}: {plain or exc.errmsg}", permanent=True) from exc
+            raise SendError(f"wecom {exc.errcode}: {plain or exc.errmsg}", permanent=True,
+                            reason=REASONS.get(exc.errcode or 0, "undelivered")) from exc
 
     # --- inbound: verify, store, answer -----------------------------------------------------------------
     def _fresh(self, timestamp: str) -> bool:
         try:
-            return abs(time.time() - int(timestamp)) <= MAX_SKEW
+            return abs(self.clock() - int(timestamp)) <= MAX_SKEW
         except ValueError:
             return False
 
@@ -365,14 +389,17 @@ class WeCom:
             channel = self._channel(user, open_kfid)
             if ev.get("welcome_code"):
                 await self.store.set_meta(self._key("welcome", user),
-                                          json.dumps({"code": ev["welcome_code"], "at": time.time()}))
+                                          json.dumps({"code": ev["welcome_code"], "at": self.clock()}))
             await self.engine.handle(BuyerMessage(message_id=msgid, channel=channel, buyer=Buyer(id=user),
                                                   at=at, payload="start"))
         elif kind == "msg_send_fail":
             session = session_key(PLATFORM, open_kfid, user)
+            fail_type = int(ev.get("fail_type") or 0)
+            why = FAIL_TYPES.get(fail_type, FAIL_TYPES[0])
             await self.engine.handle(SendFailed(message_id=msgid, session=session, at=at,
                                                 text=f"msgid {ev.get('fail_msgid', '')}",
-                                                error=f"wecom msg_send_fail type {ev.get('fail_type', '')}"))
+                                                error=f"wecom msg_send_fail {fail_type}: {why}",
+                                                reason=FAIL_REASONS.get(fail_type, "undelivered")))
         else:
             log.info("wecom kf event %s noted", kind)
 
@@ -403,7 +430,9 @@ class WeCom:
             if "json" in ctype or data[:1] == b"{":
                 err = json.loads(data or b"{}")
                 if err.get("errcode") in (40014, 42001) and attempt == 0:
-                    await asyncio.to_thread(self.client.session.delete, self.client.access_token_key)
+                    # Refreshed once under the shared lock; a token another process already
+                    # renewed is reused, not fetched again.
+                    await asyncio.to_thread(self.client.fetch_access_token, token)
                     continue
                 return (), (FileInfo(name=media_id[:40], reason=f"media/get {err.get('errcode')}"),)
             break
@@ -456,40 +485,53 @@ class WeCom:
         budget = json.loads(await self.store.get_meta(self._key("budget", user)) or '{"last": 0, "sent": 0}')
         greeting = replies[0].purpose == "greeting"
         welcome = json.loads(await self.store.get_meta(self._key("welcome", user)) or "null")
-        if greeting and welcome and time.time() - welcome["at"] < WELCOME_TTL:
+        if greeting and welcome and self.clock() - welcome["at"] < WELCOME_TTL:
             # The welcome code greets even before the buyer wrote (one message, 20 s).
             await self.store.set_meta(self._key("welcome", user), "null")
             first, rest = replies[:1], replies[1:]
-            await self._call(self.client.kf.send_msg_on_event, welcome["code"], *self._event_content(first[0]),
+            await self._call(self.client.kf.send_msg_on_event, welcome["code"], *self._event_content(first),
                              msgid=f"{key}w")
             replies = rest
             if not replies:
                 return
-        if time.time() - budget["last"] > KF_WINDOW:
+        if self.clock() - budget["last"] > KF_WINDOW:
             raise SendError("wecom kf: more than 48 hours since the buyer's last message; "
-                            "WeChat does not allow a reply now", permanent=True)
+                            "WeChat does not allow a reply now", permanent=True, reason="kf_window")
         state = await self._state(user, open_kfid)
+        taken = next((r for r in replies if r.purpose == "taken" and self.userid_of.get(r.agent or "")), None)
+        if state == 2 and taken is not None:
+            # From the pool the bot may not send: the session moves to the servicer first, and the
+            # code that move returns carries this turn's one message ("张三 is with you").
+            res = await self._call(self.client.kf.trans_service_state, open_kfid, user, 3,
+                                   self.userid_of[taken.agent or ""])
+            if res.get("msg_code"):
+                await self._call(self.client.kf.send_msg_on_event, res["msg_code"], *self._event_content(replies),
+                                 msgid=f"{key}t")
+            return
         if state == 3 and replies[-1].purpose == "resolved":
             # Served by an agent in WeCom: resolving ends the WeCom session; the agent has told the buyer.
             await self._call(self.client.kf.trans_service_state, open_kfid, user, 4)
             raise SendError("wecom kf: the buyer was served in WeCom and that session is now ended; "
-                            "the bot cannot send the outcome or the rating there", permanent=True)
+                            "the bot cannot send the outcome or the rating there", permanent=True,
+                            reason="kf_servicer")
         if state not in (0, 1):
             raise SendError(f"wecom kf: the session is with a servicer or ended (state {state}); "
-                            "the bot may not send", permanent=True)
+                            "the bot may not send", permanent=True,
+                            reason="kf_ended" if state == 4 else "kf_servicer")
         parts = self._parts(replies)
         if budget["sent"] + len(parts) > KF_PER_TURN:
             raise SendError(f"wecom kf: the {KF_PER_TURN} replies allowed per buyer message are used up; "
-                            "the buyer must write again", permanent=True)
+                            "the buyer must write again", permanent=True, reason="kf_budget")
         for i, part in enumerate(parts):
             await self._send_part(user, open_kfid, part, f"{key}p{i}")
             budget["sent"] += 1
             await self.store.set_meta(self._key("budget", user), json.dumps(budget))
         await self._after(user, open_kfid, replies)
 
-    def _event_content(self, r: Reply) -> tuple[str, dict[str, Any]]:
-        """(msgtype, the body keyed by msgtype): wechatpy merges it into the request as it is."""
-        kind, body = self._parts([r])[0]
+    def _event_content(self, replies: list[Reply]) -> tuple[str, dict[str, Any]]:
+        """(msgtype, the body keyed by msgtype) of a turn's one event message (text or menu, no photos):
+        wechatpy merges it into the request as it is."""
+        kind, body = self._parts(replies)[0]
         return kind, {kind: body}
 
     def _parts(self, replies: list[Reply]) -> list[tuple[str, Any]]:
@@ -556,28 +598,91 @@ class WeCom:
                 lines.append(self.ctx.wording.render("desk_line", self.ctx.cfg.desk_locale, sender=a.who or "system",
                                                      sender_name=name, line=mask(a.text) if a.who == "buyer" else a.text))
         if lines and self.cfg.robot_key:
-            # As few robot messages as fit (20 a minute): lines batched up to the size limit.
-            batch = ""
-            for line in lines:
-                joined = f"{batch}\n\n{line}" if batch else line
-                if batch and len(joined.encode()) > ROBOT_BYTES:
-                    await self._robot(batch)
-                    joined = line
-                batch = joined
-            await self._robot(batch)
+            await self._robot_post(lines)
 
-    async def _robot(self, text: str) -> None:
+    # --- the group robot: 20 messages a minute for every process together ------------------------------------
+    async def _robot_post(self, lines: list[str]) -> None:
+        """Queue desk lines for the robot in the store, then send what the shared window allows.
+
+        The queue and the window live in the store, so every process counts against the same
+        20 a minute; lines that do not fit now wait there (merged into as few messages as fit)
+        for the window to open, and any process's robot loop sends them. Nothing is dropped."""
+        try:
+            async with self.store.lock(self._key("robot", "lock"), timeout=30):
+                pending = json.loads(await self.store.get_meta(self._key("robot", "pending")) or "[]")
+                await self.store.set_meta(self._key("robot", "pending"), json.dumps(pending + lines))
+                await self._robot_drain()
+        except LockTimeout:
+            raise SendError("wecom robot: the robot queue is busy", retry_after=1.0) from None
+
+    async def _robot_drain(self) -> float | None:
+        """Send queued lines while the window has room (the caller holds the robot lock).
+
+        Returns when the window has room again if lines are left waiting, else None."""
+        pending: list[str] = json.loads(await self.store.get_meta(self._key("robot", "pending")) or "[]")
+        raw_window = await self.store.get_meta(self._key("robot", "window"))
+        now = self.clock()
+        window = [t for t in json.loads(raw_window or "[]") if now - t < ROBOT_WINDOW]
+        while pending:
+            if len(window) >= ROBOT_PER_MINUTE:
+                return min(window) + ROBOT_WINDOW
+            text, used = _merge(pending, ROBOT_BYTES)
+            code, errmsg = await self._robot_send(text)
+            if code == 45009:  # someone else spends this robot's budget too: wait a whole minute
+                window = [now] * ROBOT_PER_MINUTE
+                await self.store.set_meta(self._key("robot", "window"), json.dumps(window))
+                return now + ROBOT_WINDOW
+            if code != 0:
+                # Kept for a later try (a wrong key is fixed in settings; the web desk has everything meanwhile).
+                log.error("wecom robot refused a desk message: %s %s", code, errmsg[:80])
+                return now + ROBOT_WINDOW
+            window.append(now)
+            pending = pending[used:]
+            # After every message: a crash repeats at most the one just sent.
+            await self.store.set_meta(self._key("robot", "pending"), json.dumps(pending))
+            await self.store.set_meta(self._key("robot", "window"), json.dumps(window))
+        return None
+
+    async def _robot_send(self, text: str) -> tuple[int, str]:
         assert self._http is not None
-        async with self._robot_limit:  # 20 a minute per robot: wait rather than be refused
-            base = self.cfg.api_url.rstrip("/")
+        base = self.cfg.api_url.rstrip("/")
+        try:
             async with self._http.post(f"{base}/webhook/send", params={"key": self.cfg.robot_key},
-                                       json={"msgtype": "text", "text": {"content": _clip(text, ROBOT_BYTES)}}) as resp:
+                                       json={"msgtype": "text", "text": {"content": text}}) as resp:
                 res = await resp.json(content_type=None)
-        code = int(res.get("errcode", 0))
-        if code == 45009:
-            raise SendError("wecom robot: 20 messages a minute", retry_after=60)
-        if code != 0:
-            raise SendError(f"wecom robot {code}: {res.get('errmsg')}", permanent=code in (93000, 93004))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return -1, exc.__class__.__name__
+        return int(res.get("errcode", 0)), str(res.get("errmsg", ""))
+
+    async def _robot_loop(self) -> None:
+        """Send what waits in the robot queue once the window opens (lines of any process)."""
+        delay = 1.0
+        while await self._stopper.sleep(delay):
+            delay = 1.0
+            try:
+                if not json.loads(await self.store.get_meta(self._key("robot", "pending")) or "[]"):
+                    continue
+                async with self.store.lock(self._key("robot", "lock"), timeout=5):
+                    again = await self._robot_drain()
+                if again is not None:
+                    delay = min(max(again - self.clock(), 0.2), 5.0)
+            except LockTimeout:
+                continue  # another process is sending
+            except Exception as exc:
+                stop_if_cancelled()
+                log.warning("wecom robot queue: %s", exc.__class__.__name__)
+                delay = 5.0
+
+
+def _merge(lines: list[str], limit: int) -> tuple[str, int]:
+    """As many queued lines as fit in one message (at least one, clipped); how many it took."""
+    text, used = "", 0
+    for line in lines:
+        joined = f"{text}\n\n{line}" if text else line
+        if used and len(joined.encode()) > limit:
+            break
+        text, used = joined, used + 1
+    return _clip(text, limit), used
 
 
 def _clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:

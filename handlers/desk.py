@@ -118,6 +118,8 @@ async def handle_send_failed(ev: SendFailed, convo: Conversation | None, ctx: Co
     case.send_failures += 1
     case.log(ev.at, "send_failed", "system", f"{ev.text[:200]} ({ev.error[:200]})")
     t.keep(case)
-    t.desk(case.id, "message", who="system", text=t.render("send_failed", locale=ctx.cfg.desk_locale, case_id=case.id))
+    why = ctx.wording.label("send_fail_reasons", ev.reason, ctx.cfg.desk_locale) if ev.reason else ""
+    t.desk(case.id, "message", who="system",
+           text=t.render("send_failed", locale=ctx.cfg.desk_locale, case_id=case.id, why=why))
     t.desk(case.id, "update")
     return t.outcome()

@@ -99,6 +99,7 @@ class SendFailed(Frozen):
     case_id: str | None = None
     text: str = ""
     error: str = ""
+    reason: str = ""  # a key of the send_fail_reasons labels: why, in the agents' words
 
 
 Event = Annotated[Union[BuyerMessage, AgentCommand, SendFailed], Field(discriminator="type")]

@@ -57,6 +57,7 @@ SAMPLE_VARS: dict[str, Any] = {
     "topic": "",
     "max_photos": 20,
     "reason": "buyer_request",
+    "why": "买家48小时内没有再发消息，微信不允许再回复",  # send_failed: why a message did not reach the buyer
     # The case card (case_card.j2) gets the card dict of handlers.cards plus two helpers.
     "card": {
         "id": "K1042", "type_name": "运输破损", "status": "open", "status_name": "待接入", "assignee": None,

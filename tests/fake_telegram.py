@@ -166,6 +166,7 @@ class FakeTelegram:
         # The world: users, chats, and every message per chat (latest state; deleted ones removed).
         self._users: dict[int, Json] = {}
         self._chats: dict[int, Json] = {}
+        self._blocked: set[int] = set()  # users who blocked the bot
         self._store: dict[int, dict[int, Json]] = {}
         self._next_message_id: dict[int, int] = {}
         self._bot_sent: list[tuple[int, int]] = []  # (chat_id, message_id) in sending order
@@ -269,6 +270,10 @@ class FakeTelegram:
             self._chats[user["id"]] = chat
             self._users.setdefault(user["id"], copy.deepcopy(user))
         return copy.deepcopy(self._chats[user["id"]])
+
+    def block(self, user: Json) -> None:
+        """The user blocks the bot: everything sent to their private chat answers 403 from now on."""
+        self._blocked.add(user["id"])
 
     def group(self, title: str, *, forum: bool = False) -> Json:
         """A supergroup with the bot in it as an administrator (so it may create forum topics)."""
@@ -786,6 +791,8 @@ class FakeTelegram:
         chat: Json | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             chat = self._chats.get(value)
+            if value in self._blocked:
+                raise ApiError(403, "Forbidden: bot was blocked by the user")
             if chat is None and value in self._users:
                 raise ApiError(403, "Forbidden: bot can't initiate conversation with a user")
         elif isinstance(value, str) and value.startswith("@"):

@@ -235,6 +235,7 @@ class FakeWeCom:
         self._tokens: dict[str, _AccessToken] = {}
         self._current_token: dict[str, str] = {}
         self._rate: dict[str, int] = {}
+        self._rate_after: dict[str, int] = {}
         self._slow: dict[str, float] = {}
         self._offset = 0.0
         self._app_msg_ids = itertools.count(4561255354251345929)
@@ -295,9 +296,20 @@ class FakeWeCom:
             tok.expires_at = min(tok.expires_at, self.now() - 1)
         self._current_token.clear()
 
-    def rate_limit(self, path: str, times: int = 1) -> None:
-        """The next ``times`` calls of ``path`` (e.g. "kf/send_msg") answer 45009."""
+    def revoke_tokens(self) -> None:
+        """Every access_token issued so far answers 40014 (invalid) from now on, as after a secret reset."""
+        self._tokens.clear()
+        self._current_token.clear()
+
+    def rate_limit(self, path: str, times: int = 1, *, after: int = 0) -> None:
+        """The next ``times`` calls of ``path`` (e.g. "kf/send_msg") answer 45009, once ``after`` more
+        calls have gone through (e.g. after=1: page 2 of a sync_msg burst is refused)."""
         self._rate[self._norm(path)] = times
+        self._rate_after[self._norm(path)] = after
+
+    def cursor_position(self, cursor: str) -> int:
+        """How many queued messages lie before a sync_msg cursor this server issued (-1: never issued)."""
+        return self._cursors.get(cursor, -1)
 
     def slow(self, path: str, seconds: float) -> None:
         """Delay every answer of ``path`` by ``seconds`` (0 to stop)."""
@@ -655,7 +667,9 @@ class FakeWeCom:
             if entry is None:
                 return web.Response(status=404, text="404 page not found")
             handler, needs_token = entry
-            if self._rate.get(path):
+            if self._rate.get(path) and self._rate_after.get(path):
+                self._rate_after[path] -= 1
+            elif self._rate.get(path):
                 self._rate[path] -= 1
                 raise WeComError(45009, "api freq out of limit")
             if needs_token:
