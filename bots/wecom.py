@@ -59,6 +59,7 @@ from state.media import MediaStore, NotAnImage
 from state.protocol import IngressRow, LockTimeout, Store
 from state.tasks import Stopper, stop_if_cancelled
 
+NAME_RETRY = 600.0  # seconds before a failed nickname lookup is tried again
 log = logging.getLogger("kefu.wecom")
 
 PLATFORM = "wecom"
@@ -202,6 +203,7 @@ class WeCom:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._robot_task: asyncio.Task[None] | None = None
         self._stopper = Stopper()
+        self._names: dict[str, tuple[str, float]] = {}  # external_userid -> (WeChat nickname, looked up at)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
@@ -376,7 +378,7 @@ class WeCom:
         else:
             files = (FileInfo(name=str(kind), reason="unsupported"),)
         await self.engine.handle(BuyerMessage(
-            message_id=m["msgid"], channel=channel, buyer=Buyer(id=user), at=at, text=text.strip(),
+            message_id=m["msgid"], channel=channel, buyer=await self._buyer(user), at=at, text=text.strip(),
             payload=payload, photos=photos, files=files,
         ), send=send)
         return buyer_target(session_key(channel.platform, channel.bot, channel.chat))
@@ -390,7 +392,7 @@ class WeCom:
             if ev.get("welcome_code"):
                 await self.store.set_meta(self._key("welcome", user),
                                           json.dumps({"code": ev["welcome_code"], "at": self.clock()}))
-            await self.engine.handle(BuyerMessage(message_id=msgid, channel=channel, buyer=Buyer(id=user),
+            await self.engine.handle(BuyerMessage(message_id=msgid, channel=channel, buyer=await self._buyer(user),
                                                   at=at, payload="start"))
         elif kind == "msg_send_fail":
             session = session_key(PLATFORM, open_kfid, user)
@@ -417,6 +419,35 @@ class WeCom:
             message_id=m["msgid"], case_id=case_id, verb="reply", agent=self.name_of.get(userid, userid),
             at=at, text=text, desk=PLATFORM, delivered=True,
         ))
+
+    async def _buyer(self, user: str) -> Buyer:
+        """The buyer with their WeChat nickname (kf/customer/batchget), so cards name them.
+
+        Looked up once and kept in the store for every process; a failed lookup costs the message
+        nothing (the card shows the id) and is tried again after a while."""
+        if not user or self.client is None:
+            return Buyer(id=user)
+        cached = self._names.get(user)
+        if cached and (cached[0] or time.monotonic() - cached[1] < NAME_RETRY):
+            return Buyer(id=user, name=cached[0])
+        key = self._key("nick", user)
+        name = await self.store.get_meta(key)
+        if name is None:
+            name = ""
+            try:
+                res = await self._call(self.client.kf.batchget_customer, [user])
+                for c in res.get("customer_list") or []:
+                    if c.get("external_userid") == user:
+                        name = str(c.get("nickname") or "")[:64]
+                if name:
+                    await self.store.set_meta(key, name)
+            except Exception as exc:  # never the buyer's problem
+                stop_if_cancelled()
+                log.info("no nickname for a kf buyer: %s", exc.__class__.__name__)
+        if len(self._names) > 50_000:
+            self._names.clear()
+        self._names[user] = (name, time.monotonic())
+        return Buyer(id=user, name=name)
 
     async def _download(self, media_id: str) -> tuple[tuple[Media, ...], tuple[FileInfo, ...]]:
         """media/get: the seam wechatpy lacks (its URL is fixed to the real host)."""

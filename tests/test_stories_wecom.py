@@ -160,8 +160,9 @@ async def test_damaged_parcel_claim_with_a_web_desk_agent(world: World) -> None:
     robot = await world.until(lambda: fake.robot_messages())
     card_text = robot[0]["text"]["content"]
     assert "K1001" in card_text and ORDER_OK in card_text and "运输破损" in card_text
+    assert "王小姐" in card_text  # the buyer's WeChat nickname (kf/customer/batchget), not only an id
     case = await world.case("K1001")
-    assert len(case.photos) == 2 and case.order_no == ORDER_OK
+    assert len(case.photos) == 2 and case.order_no == ORDER_OK and case.buyer.name == "王小姐"
     stored = sorted([await world.kefu.media.read(p.id) for p in case.photos])
     assert stored == sorted([box, cup])
 
