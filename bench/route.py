@@ -6,19 +6,23 @@
 
 from __future__ import annotations
 
-import argparse
-import io
-import statistics
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
+from bots.cli import one_blas_thread
 
-import numpy as np
+one_blas_thread()  # before numpy loads: one BLAS thread, as kefu runs (2 cores, other work too)
 
-import handlers.semantic as semantic
-from bots.route_cli import build, evaluate
-from handlers.config import ShopConfig
+import argparse  # noqa: E402
+import io  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import handlers.semantic as semantic  # noqa: E402
+from bots.route_cli import build, evaluate  # noqa: E402
+from handlers.config import ShopConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

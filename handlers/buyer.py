@@ -204,11 +204,14 @@ def _unhelpful(t: Turn) -> None:
     entry = t.ctx.wording.faq(last, c.locale) if last else None
     others: list[str] = []
     if entry is not None:
-        # Entries close to the one that missed are the likeliest intended ones.
-        for label, score in t.ctx.router.scores(entry.title + " " + " ".join(entry.questions[:3])):
-            if label != last and t.ctx.wording.faq(label, c.locale) and score >= t.ctx.router.clarify_score * 0.8:
-                others.append(f"faq:{label}")
-            if len(others) == 3:
+        # The next best entries for what the buyer asked (else for the entry that missed),
+        # as long as they score within a tenth of the best of them.
+        about_entry = entry.title + " " + " ".join(entry.questions[:3])
+        for probe in dict.fromkeys(q for q in (c.last_question, about_entry) if q):
+            ranked = [(label, score) for label, score in t.ctx.router.scores(probe)
+                      if label != last and t.ctx.wording.faq(label, c.locale)]
+            others = [f"faq:{label}" for label, score in ranked[:3] if score >= ranked[0][1] * 0.1]
+            if others:
                 break
     if others:
         t.say("faq_unhelpful", buttons=others + ["human"])

@@ -29,11 +29,12 @@ class ShopConfig(BaseModel):
     first_reply_minutes: int = 10
     max_photos_per_case: int = 20
     # Routing (see README "Routing"): answer, "您是不是想问", or not sure. Scores are the
-    # semantic router's; the lexical fallback uses its own built-in bands.
+    # semantic router's label probabilities (0..1); the lexical fallback uses its own bands.
+    # Defaults chosen by bench/route_train.py on kefu's sample shop (handlers/route_weights.json).
     route_method: str = "auto"  # auto: semantic if its model loads, else lexical; or "semantic" / "lexical"
-    route_answer_score: float = 0.6
-    route_margin: float = 0.12
-    route_clarify_score: float = 0.5
+    route_answer_score: float = 0.525
+    route_margin: float = 0.2
+    route_clarify_score: float = 0.325
     misses_before_handoff: int = 2
 
     @field_validator("order_pattern")

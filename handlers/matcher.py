@@ -41,8 +41,51 @@ def normalize(text: str) -> str:
     return "".join(_KEEP.findall(simplify(text)))
 
 
+# Chat spellings buyers use for ordinary words (网络用语, dialect, typing shortcuts). Whole
+# replacements, longest first; applied the same way to examples and messages.
+_SLANG = {
+    "肿么": "怎么", "怎莫": "怎么", "咋": "怎么", "神马": "什么", "虾米": "什么", "啥": "什么", "木有": "没有",
+    "米有": "没有", "么有": "没有", "没得": "没有", "酱紫": "这样子", "灰常": "非常", "介个": "这个",
+    "稀饭": "喜欢", "童鞋": "同学", "滴说": "的说", "肿么办": "怎么办", "神马时候": "什么时候",
+    "发个货": "发货", "退个货": "退货",
+}
+_SLANG_RE = re.compile("|".join(sorted(map(re.escape, _SLANG), key=len, reverse=True)))
+_EN_SLANG = {"u": "you", "ur": "your", "pls": "please", "plz": "please", "thx": "thanks", "im": "i am",
+             "dont": "do not", "cant": "cannot", "wont": "will not", "didnt": "did not", "hasnt": "has not"}
+_EN_RE = re.compile(r"\b(" + "|".join(_EN_SLANG) + r")\b")
+_SEP = r"\s，,。.!！?？;；~～、…:：()（）\[\]【】\"'“”‘’"
+# Sentence-final particles that carry tone, not meaning; a lone 亲 (dear) at a clause start.
+_TAIL = re.compile(rf"(?<=[{_CJK}])[啊呀哈哦噢啦嘞哇吖咯喔撒]+(?=[{_SEP}]|$)")
+_DEAR = re.compile(rf"(^|[{_SEP}])亲+(爱的)?(?=[{_SEP}]|$)")
+_QEND = re.compile(rf"(?<![什怎这那多要])[么嘛](?=[{_SEP}]|$)")
+_SYMBOLS = re.compile(r"[^\w\s，,。.!！?？;；~～、…:：()（）'’]")
+
+
+@lru_cache(maxsize=8192)
+def canonical(text: str) -> str:
+    """simplify(), then emoji and symbols out, chat spellings and tone particles to plain words:
+    what the routers compare (the same function for examples and messages)."""
+    t = _SYMBOLS.sub(" ", simplify(text))
+    t = _SLANG_RE.sub(lambda m: _SLANG[m.group(0)], t)
+    t = _EN_RE.sub(lambda m: _EN_SLANG[m.group(1)], t.replace("'", "").replace("’", ""))
+    t = _DEAR.sub(r"\1", t)
+    t = _QEND.sub("吗", t)
+    t = _TAIL.sub("", t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+_CLAUSE_SPLIT = re.compile(rf"[{_SEP[:2]}]*[，,。.!！?？;；~～、…]+[{_SEP[:2]}]*|(?<=[{_CJK}])\s+|\s+(?=[{_CJK}])")
+
+
+def clauses(text: str) -> list[str]:
+    """The parts of a run-on message (split at punctuation, and at spaces next to Chinese),
+    canonical, keeping those with something to say."""
+    parts = [p.strip() for p in _CLAUSE_SPLIT.split(canonical(text))]
+    return [p for p in parts if len(_KEEP.findall(p)) and len("".join(_KEEP.findall(p))) >= 2]
+
+
 def features(text: str) -> Counter[str]:
-    t = simplify(text)
+    t = canonical(text)
     feats: Counter[str] = Counter()
     for run in _KEEP.findall(t):
         if run.isdigit():

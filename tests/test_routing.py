@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from handlers.config import ShopConfig
-from handlers.matcher import LexicalRouter
-from handlers.semantic import SemanticRouter
+from handlers.matcher import LexicalRouter, canonical, clauses
+from handlers.semantic import MODEL_ID, SIGNALS, WEIGHTS_FILE, SemanticRouter, load_weights
 from handlers.setup import build_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,37 @@ def test_accuracy_and_false_answers_on_the_dev_set(tmp_path: Path) -> None:
     accuracy = float(re.search(r"^accuracy: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
     false = float(re.search(r"^false-answer rate: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
     assert "SemanticRouter" in out
-    # Measured 0.806 / 0.031 when written; these bounds catch a regression, not the goal (0.92).
-    assert accuracy >= 0.78 and false <= 0.04, out
+    # Measured 0.863 / 0.025 (clarify 0.069) with the re-ranker; these bounds catch a regression,
+    # they are not the goal (0.92 at <= 0.04 false answers).
+    assert accuracy >= 0.84 and false <= 0.04, out
+
+
+def test_hand_written_buyer_messages_for_the_sample_shop(tmp_path: Path) -> None:
+    """bench/data holds buyer messages written for kefu's own shop (used to choose the bands)."""
+    ctx = build_context(ShopConfig(), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    rows = [line.rsplit("\t", 1) for line in (ROOT / "bench" / "data" / "sample-shop-messages.tsv")
+            .read_text("utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    public = {"complaint": "human", "greeting": "none", "thanks": "none"}
+    got = [public.get(lb, lb) for lb in (ctx.router.route(text).label for text, _ in rows)]
+    right = sum(g == want for g, (_, want) in zip(got, rows, strict=True))
+    false = sum(g not in ("none", "clarify") and g != want for g, (_, want) in zip(got, rows, strict=True))
+    # Measured 0.906 / 0.031 when the bands were chosen.
+    assert right / len(rows) >= 0.88 and false / len(rows) <= 0.04, list(zip(got, rows, strict=True))
+
+
+def test_chat_spellings_and_run_on_messages_are_understood() -> None:
+    assert canonical("亲 咋退货啊😂") == "怎么退货"
+    assert canonical("木有收到发票") == "没有收到发票" and canonical("神马时候发货") == "什么时候发货"
+    assert canonical("肿么用") == "怎么用" and canonical("能發順豐嘛") == "能发顺丰吗"
+    assert canonical("pls help, I can't log in") == "please help, i cannot log in"
+    assert clauses("收到了 里面少了一个盖子，咋办") == ["收到了", "里面少了一个盖子", "怎么办"]
+    assert clauses("where is my parcel") == ["where is my parcel"]  # spaces split only Chinese
+
+
+def test_the_re_ranker_weights_ship_with_the_code() -> None:
+    data = json.loads(WEIGHTS_FILE.read_text("utf-8"))
+    assert data["signals"] == list(SIGNALS) and data["model"] == MODEL_ID
+    assert load_weights().tolist() == pytest.approx(data["weights"])
 
 
 def test_one_message_and_stdin(tmp_path: Path) -> None:
