@@ -59,6 +59,15 @@ async def test_a_claim_with_its_order_number_in_one_message_goes_straight_on(
     assert draft is not None and draft.type == claim and draft.order_no == ORDER_OK
 
 
+@pytest.mark.parametrize("message", ["怎么还没人理我", "客服呢", "人呢？？半天没人回"])
+async def test_a_buyer_left_waiting_is_given_a_person(engine: Engine, message: str) -> None:
+    b = EngineBuyer(engine, chat=f"w-{abs(hash(message))}")
+    await b.send("你好")
+    replies = await b.send(message)
+    assert "转接人工" in said(replies)
+    assert b.last.conversation.stage == "waiting_agent"
+
+
 async def test_a_bad_order_number_is_reasked_and_three_failures_go_to_a_person_unverified(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("发错货了")
