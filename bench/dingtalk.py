@@ -18,6 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bots.cli import one_blas_thread
+
+one_blas_thread()  # before numpy loads: one BLAS thread per process, as kefu itself runs
+
 from aiohttp.test_utils import TestServer
 
 from bots.app import create_app

@@ -21,6 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+from bots.cli import one_blas_thread
+
+one_blas_thread()  # before numpy loads: one BLAS thread per process, as kefu itself runs
+
 import aiohttp
 from aiohttp.test_utils import TestServer
 from PIL import Image

@@ -5,6 +5,10 @@ import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
+from bots.cli import one_blas_thread
+
+one_blas_thread()  # before numpy loads (the routing model): tests run the engine in this process
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
