@@ -188,7 +188,42 @@ async def buyer(http: aiohttp.ClientSession, base: str, latencies: list[float]) 
     return len(MIX)
 
 
-async def closed_loop(base: str, buyers: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def redis_cpu() -> float:
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        info = await r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    finally:
+        await r.aclose()
+
+
+class CpuMeter:
+    """CPU milliseconds per message for each server process and Redis, over one measurement."""
+
+    def __init__(self, server: "Server", names: list[str], with_redis: bool) -> None:
+        self.server, self.names, self.with_redis = server, names, with_redis
+
+    async def snapshot(self) -> list[float]:
+        out = [cpu_seconds(p.pid) for p in self.server.procs]
+        if self.with_redis:
+            out.append(await redis_cpu())
+        return out
+
+    def per_message(self, before: list[float], after: list[float], messages: int) -> str:
+        names = self.names + (["redis"] if self.with_redis else [])
+        parts = [f"{n} {(a - b) * 1e3 / max(messages, 1):.2f}" for n, b, a in zip(names, before, after, strict=True)]
+        return "CPU ms/msg: " + ", ".join(parts)
+
+
+async def closed_loop(base: str, buyers: int, seconds: float, meter: CpuMeter | None = None) -> float:
     """Messages per second with `buyers` buyers always busy."""
     latencies: list[float] = []
     done = 0
@@ -202,9 +237,13 @@ async def closed_loop(base: str, buyers: int, seconds: float) -> float:
                 done += n
 
         await buyer(http, base, [])  # warm up
+        before = await meter.snapshot() if meter else []
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(buyers)))
-        return done / (time.perf_counter() - t0)
+        rate = done / (time.perf_counter() - t0)
+        if meter:
+            print(f"  {meter.per_message(before, await meter.snapshot(), done)}", flush=True)
+        return rate
 
 
 async def open_loop(base: str, rate: float, seconds: float) -> tuple[float, list[float]]:
@@ -255,7 +294,10 @@ async def main() -> None:
             server = start(setup, Path(tmpdir))
             try:
                 await asyncio.sleep(1.0)
-                throughput = await closed_loop(server.base, args.buyers, args.seconds)
+                names = (["floor"] if setup == "floor" else ["kefu"] if setup == "embedded"
+                         else ["web"] + [f"worker{i}" for i in range(len(server.procs) - 1)])
+                meter = CpuMeter(server, names, with_redis=setup != "embedded")
+                throughput = await closed_loop(server.base, args.buyers, args.seconds, meter)
                 for share in (0.5, 0.9):  # a comfortable load, and close to the limit
                     offered = min(args.rate, throughput * share)
                     achieved, lat = await open_loop(server.base, offered, args.seconds)
