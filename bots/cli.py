@@ -87,7 +87,7 @@ async def serve(settings: Any, platforms: bool, role: str, quiet: bool = False) 
     if role == "worker":
         print(f"kefu worker {os.getpid()} running (health and metrics on {base})", flush=True)
     elif not quiet:
-        store = "redis " + settings.redis_url.split("@")[-1] if settings.redis_url else "embedded SQLite"
+        store = "redis " + settings.redis_url.split("@")[-1].split("?")[0] if settings.redis_url else "embedded SQLite"
         print(f"kefu is running for {settings.shop_name}", flush=True)
         print(f"  buyer chat:  {base}/", flush=True)
         print(f"  agent desk:  {base}/desk#token={kefu.desk_token}", flush=True)

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import SettingsError as SourceError
 
 from handlers.config import ShopConfig
+from state.redisconn import SENTINEL_SCHEMES, BadRedisURL, parse_sentinel
 
 
 class Settings(BaseSettings, ShopConfig):
@@ -104,6 +105,23 @@ class Settings(BaseSettings, ShopConfig):
     def _telegram_secret_chars(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{1,256}", v.get_secret_value()):
             raise ValueError("Telegram allows 1-256 characters A-Z, a-z, 0-9, _ and - in a webhook secret")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_form(cls, v: str) -> str:
+        v = (v or "").strip()
+        if not v:
+            return v
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme in SENTINEL_SCHEMES:
+            try:
+                parse_sentinel(v)
+            except BadRedisURL as exc:
+                raise ValueError(str(exc)) from None
+        elif scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected redis://host:6379/0, rediss://…, unix:///path or "
+                             "redis+sentinel://host:26379[,host2:26379]/service_name")
         return v
 
     @field_validator("admin_password_hash")

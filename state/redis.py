@@ -32,11 +32,11 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
 from state.longpoll import LongPolls
 from state.protocol import CaseRow, IngressRow, LockTimeout, OutboxRow, TargetLease, Turn, TurnLease
+from state.redisconn import connect
 from state.tasks import stop_if_cancelled
 
 log = logging.getLogger("kefu.redis")
@@ -182,11 +182,7 @@ class RedisStore:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Any: redis-py's stubs type replies as bytes|str|list...; with decode_responses they are str.
         # A blocking pool: under a burst, callers wait for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, health_check_interval=15, socket_keepalive=True,
-            max_connections=64, timeout=20,
-        )
-        self.r: Any = aioredis.Redis(connection_pool=pool)
+        self.r: Any = connect(url)
         self._commit = self.r.register_script(_COMMIT)
         self._mailbox = self.r.register_script(_MAILBOX)
         self._push = self.r.register_script(_INGRESS_PUSH)
