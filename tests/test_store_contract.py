@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import AsyncIterator
 
 import pytest
@@ -14,6 +15,7 @@ import redis.exceptions
 from state.protocol import CaseRow, LockTimeout, OutboxItem, Store, Turn
 from state.redis import RedisStore
 from state.sqlite import SQLiteStore
+from tests.cutproxy import CutProxy
 from tests.support import REDIS_URL
 
 
@@ -238,6 +240,20 @@ async def test_misses_are_counted_with_the_turn(any_store: Store) -> None:
 
 
 @pytest.fixture
+async def cut_store() -> AsyncIterator[tuple[RedisStore, CutProxy]]:
+    """A Redis store whose connection to Redis goes through a proxy that can cut it."""
+    target = urlsplit(REDIS_URL)
+    proxy = CutProxy(target.port or 6379, target.hostname or "127.0.0.1")
+    await proxy.start()
+    store = RedisStore(proxy.url, namespace=f"kefu-test-{uuid.uuid4().hex[:8]}", partitions=1)
+    await store.open()
+    yield store, proxy
+    await store.drop_namespace()
+    await store.close()
+    await proxy.close()
+
+
+@pytest.fixture
 async def redis_store() -> AsyncIterator[RedisStore]:
     store = RedisStore(REDIS_URL, namespace=f"kefu-test-{uuid.uuid4().hex[:8]}", partitions=1)
     await store.open()
@@ -246,29 +262,22 @@ async def redis_store() -> AsyncIterator[RedisStore]:
     await store.close()
 
 
-async def test_a_stream_read_whose_reply_was_lost_loses_no_message(redis_store: RedisStore) -> None:
-    """Redis runs XREADGROUP and is killed (or the connection is cut) before its reply arrives:
-    the entries now belong to this consumer, and a ">" read never returns them again."""
-    store = redis_store
+async def test_a_stream_read_whose_reply_was_lost_loses_no_message(cut_store: tuple[RedisStore, CutProxy]) -> None:
+    """Redis runs XREADGROUP and the connection is cut before its reply arrives (Redis killed, a
+    network blip): the entries now belong to this consumer, and a ">" read never returns them again."""
+    store, proxy = cut_store
     assert await store.ingress_push("webchat", "m1", "lane1", {"n": 1})
     assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
     assert await store.ingress_push("webchat", "m2", "lane1", {"n": 2})
-    real = store.r.xreadgroup
-
-    async def read_then_lose_reply(*args: object, **kwargs: object) -> object:
-        await real(*args, **kwargs)  # Redis ran it: m2 is delivered to this consumer
-        raise redis.exceptions.ConnectionError("Connection reset by peer")
-
-    store.r.xreadgroup = read_then_lose_reply
+    proxy.lose_reply_to(b"XREADGROUP")
     with pytest.raises(redis.exceptions.ConnectionError):
         await store.ingress_pending("webchat")
-    store.r.xreadgroup = real
+    assert proxy.fired == [("lose_reply", b"XREADGROUP")]
     assert [r.key for r in await store.ingress_pending("webchat")] == ["m1", "m2"]
     rows = await store.ingress_pending("webchat")
     await store.ingress_done([r.id for r in rows])
     assert await store.ingress_pending("webchat") == []
-    assert await store.r.xpending(store._stream("webchat", 0), "kefu") == {
-        "pending": 0, "min": None, "max": None, "consumers": []}
+    assert (await store.r.xpending(store._stream("webchat", 0), "kefu"))["pending"] == 0
 
 
 async def test_entries_delivered_elsewhere_in_this_process_are_found_by_the_sweep(
@@ -283,25 +292,14 @@ async def test_entries_delivered_elsewhere_in_this_process_are_found_by_the_swee
     assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
 
 
-async def test_a_failed_ack_keeps_the_row_until_redis_has_it(redis_store: RedisStore) -> None:
-    store = redis_store
+async def test_a_failed_ack_keeps_the_row_until_redis_has_it(cut_store: tuple[RedisStore, CutProxy]) -> None:
+    store, proxy = cut_store
     assert await store.ingress_push("webchat", "m1", "lane1", {"n": 1})
     rows = await store.ingress_pending("webchat")
-    real = store.r.pipeline
-
-    def broken_pipeline(*args: object, **kwargs: object) -> object:
-        pipe = real(*args, **kwargs)
-
-        async def execute(*_a: object, **_k: object) -> object:
-            raise redis.exceptions.ConnectionError("Connection reset by peer")
-
-        pipe.execute = execute
-        return pipe
-
-    store.r.pipeline = broken_pipeline
+    proxy.drop(b"XACK")
     with pytest.raises(redis.exceptions.ConnectionError):
         await store.ingress_done([rows[0].id])
-    store.r.pipeline = real
+    assert proxy.fired == [("drop", b"XACK")]
     assert [r.key for r in await store.ingress_pending("webchat")] == ["m1"]
     await store.ingress_done([rows[0].id])
     assert await store.ingress_pending("webchat") == []
