@@ -301,8 +301,9 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
         c.claim, c.stage = None, "idle"
         t.say("claim_cancelled", buttons=MENU)
         return
-    if text and not payload:
-        label = t.ctx.router.route(text).label
+    words = orders.without_numbers(text) if text and not payload else ""
+    if words:  # an order number alone ("PDD-12345678") is an answer, never a new request
+        label = t.ctx.router.route(words).label
         if label in ("human", "complaint"):
             await hand_off(t, "complaint" if label == "complaint" else "buyer_request")
             return

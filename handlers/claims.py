@@ -81,6 +81,15 @@ class OrderNumbers:
     def valid(self, value: str) -> bool:
         return bool(self._full.fullmatch(unicodedata.normalize("NFKC", value).strip()))
 
+    def without_numbers(self, text: str) -> str:
+        """The text without anything that looks like an order number (valid or not) and its label:
+        what is left is what the buyer said in words."""
+        t = re.sub(r"(?<=\d)[\s\-]+(?=\d)", "", unicodedata.normalize("NFKC", text))  # "3849 2017 …"
+        label = r"(?:我的)?(?:订单号码?|订单编号|订单|单号|order\s*(?:no\.?|number|#)?)?\s*(?:是|为|:|：)?\s*"
+        t = re.sub(label + r"[A-Za-z0-9\-]*\d{5,}[A-Za-z0-9\-]*", " ", t, flags=re.I)
+        t = re.sub(r"^[\s,，。.;；:：!！]+|[\s,，;；:：]+$", "", t)
+        return re.sub(r"\s{2,}", " ", t).strip()
+
     def strip(self, text: str, order_no: str | None) -> str:
         """The text without the order number and its label ("订单号：...")."""
         # Keep the buyer's own punctuation unless the number was typed in full width.

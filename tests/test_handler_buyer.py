@@ -104,6 +104,17 @@ async def test_a_custom_order_pattern_is_honoured(store: SQLiteStore) -> None:
     assert "拍一下" in said(await b.send("PDD-12345678"))
 
 
+async def test_in_a_claim_an_order_number_is_an_answer_and_words_around_it_still_count(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send("少发了一件")
+    await b.send("订单号 TB-3849 2017 5638 2910 475")  # never read as a new request
+    assert b.last.conversation.claim is not None and b.last.conversation.stage == "claim"
+    b2 = EngineBuyer(engine, chat="buyer-2")
+    await b2.send("少发了一件")
+    replies = await b2.send("我要投诉 单号123456789")
+    assert "转接人工" in said(replies) and b2.last.conversation.stage == "waiting_agent"
+
+
 async def test_not_received_needs_no_photos_and_asks_what_tracking_says(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("快递一直没到")
