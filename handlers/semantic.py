@@ -240,12 +240,12 @@ class SemanticRouter:
     def route(self, text: str) -> Route:
         norm = normalize(text)
         exact = self.lexical._exact.get(norm) if norm else None
+        if exact is not None:  # one of the examples, typed as it is: no need for the model
+            return Route(exact, 1.0, (exact,))
         ranked = self.scores(text)
         if not ranked:
             return Route("none", 0.0)
         top_label, top = ranked[0]
-        if exact is not None:
-            return Route(exact, max(top, self.answer_score), tuple(dict.fromkeys([exact, top_label])))
         top3 = tuple(label for label, _ in ranked[:3])
         if top_label in QUIET:
             return Route(top_label, top, top3)  # small talk or off topic is likelier than any entry
