@@ -225,6 +225,19 @@ def _unhelpful(t: Turn) -> None:
 _LEAD = re.compile(r"^[\s,，。.!！~～、]+")
 
 
+SMALL_TALK = ("thanks", "greeting")
+MAX_DESCRIPTION = 1000
+
+
+def _more(description: str | None, detail: str) -> str:
+    """The claim's description with another detail the buyer gave (each said once)."""
+    if not description:
+        return detail[:MAX_DESCRIPTION]
+    if detail in description:
+        return description
+    return f"{description}；{detail}"[:MAX_DESCRIPTION]
+
+
 def _description_from(
     t: Turn, text: str, order_no: str | None, orders: OrderNumbers, minimum: int
 ) -> str | None:
@@ -374,17 +387,20 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
                 t.say("photos_needed", buttons=["photos_skip", "human"])
                 return
         else:
-            if text and not order_no and draft.description is None:
-                draft.description = _description_from(t, text, None, orders, 2)
             if ev.photos:
+                if text and not order_no and draft.description is None:
+                    draft.description = _description_from(t, text, None, orders, 2)
                 t.say("photo_received", buttons=["photos_done"], photo_count=len(draft.photos))
                 return
             if text and not order_no:
                 route = t.ctx.router.route(text)
-                if t.ctx.wording.faq(route.label, c.locale) and draft.description is None:
-                    _answer_faq(t, route.label)
-                elif draft.description is not None:
-                    t.say("description_noted")
+                if t.ctx.wording.faq(route.label, c.locale):
+                    _answer_faq(t, route.label)  # a side question ("运费谁出?"): answered, then carry on
+                elif route.label not in SMALL_TALK:
+                    detail = _description_from(t, text, None, orders, 2)
+                    if detail:  # more about what happened: kept with the claim, and said so
+                        draft.description = _more(draft.description, detail)
+                        t.say("description_noted")
     elif asking == "description":
         desc = _description_from(t, text, order_no, orders, 2) if text else None
         if desc and not t.is_phrase(desc, "yes") and not t.is_phrase(desc, "no"):
@@ -418,9 +434,8 @@ async def _confirm_turn(
         route = t.ctx.router.route(rest) if rest else None
         if route and not order_no and t.ctx.wording.faq(route.label, c.locale):
             _answer_faq(t, route.label)
-        elif len(normalize(rest)) >= 2:
-            # More detail from the buyer: keep it with the description.
-            draft.description = f"{draft.description}；{rest}" if draft.description else rest
+        elif len(normalize(rest)) >= 2 and not (route and route.label in SMALL_TALK):
+            draft.description = _more(draft.description, rest)  # more detail from the buyer
     _confirm(t)
 
 

@@ -115,6 +115,22 @@ async def test_in_a_claim_an_order_number_is_an_answer_and_words_around_it_still
     assert "转接人工" in said(replies) and b2.last.conversation.stage == "waiting_agent"
 
 
+async def test_while_photos_are_asked_for_a_question_is_answered_and_details_are_kept(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send(f"收到的杯子碎了一个 订单{ORDER_OK}")
+    assert b.last.conversation.claim.asking == "photos"
+    replies = await b.send("退款一般几天到账？")
+    assert "到账" in said(replies) and "外包装" in said(replies)  # answered, then the photos again
+    replies = await b.send("谢谢")
+    assert "记下" not in said(replies) and "外包装" in said(replies)  # small talk is not a detail
+    replies = await b.send("盒子也压扁了")
+    assert "记下" in said(replies)
+    await b.send(photos=1)
+    replies = await b.send(payload="photos_done")
+    summary = said(replies)
+    assert "杯子碎了一个" in summary and "盒子也压扁了" in summary and "谢谢" not in summary
+
+
 async def test_not_received_needs_no_photos_and_asks_what_tracking_says(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("快递一直没到")
