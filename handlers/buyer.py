@@ -118,6 +118,12 @@ async def _idle_turn(
         await hand_off(t, "complaint" if label == "complaint" else "buyer_request")
     elif label.startswith("claim:") and label[6:] in CLAIMS:
         await _start_claim(t, label[6:], text, order_no, orders)
+    elif (order_no and label in ("none", "clarify") and c.last_answer and c.faq_given
+          and len(normalize(orders.strip(text, order_no))) >= 4):
+        # Right after an answer, an order number with details ("订单号… 改成杭州市…"): the buyer is
+        # giving a person something to act on, so a person gets it, with the conversation.
+        c.known_order_no = order_no
+        await hand_off(t, "order_details")
     elif order_no and label in ("none", "clarify", "greeting", "thanks"):
         c.known_order_no = order_no
         c.clarified_text = text

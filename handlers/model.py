@@ -223,7 +223,7 @@ class Case(BaseModel):
     buyer: Buyer
     locale: str = "zh-CN"
     type: CaseType
-    reason: str = ""  # claim | buyer_request | complaint | bot_stuck | order_unverified
+    reason: str = ""  # claim | buyer_request | complaint | bot_stuck | order_unverified | order_details
     status: CaseStatus = "open"
     order_no: str | None = None
     order_verified: bool = False

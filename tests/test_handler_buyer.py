@@ -131,6 +131,19 @@ async def test_while_photos_are_asked_for_a_question_is_answered_and_details_are
     assert "杯子碎了一个" in summary and "盒子也压扁了" in summary and "谢谢" not in summary
 
 
+async def test_order_details_sent_after_an_answer_go_to_a_person(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send("我想改地址")  # the answer asks for the order number and the new address
+    replies = await b.send(f"订单号{ORDER_OK} 改成杭州市西湖区文三路100号")
+    assert "转接人工" in said(replies)
+    case = await case_of(engine, "K1001")
+    assert case.order_no == ORDER_OK and case.reason == "order_details"
+    b2 = EngineBuyer(engine, chat="buyer-2")
+    await b2.send("我想改地址")
+    replies = await b2.send(ORDER_OK)  # a bare number: asked what it is about, no case yet
+    assert "K100" not in said(replies)
+
+
 async def test_not_received_needs_no_photos_and_asks_what_tracking_says(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("快递一直没到")
