@@ -87,7 +87,9 @@ async def serve(settings: Any, platforms: bool, role: str, quiet: bool = False) 
     if role == "worker":
         print(f"kefu worker {os.getpid()} running (health and metrics on {base})", flush=True)
     elif not quiet:
-        store = "redis " + settings.redis_url.split("@")[-1].split("?")[0] if settings.redis_url else "embedded SQLite"
+        from state.redisconn import where as redis_where
+
+        store = "redis " + redis_where(settings.redis_url) if settings.redis_url else "embedded SQLite"
         print(f"kefu is running for {settings.shop_name}", flush=True)
         print(f"  buyer chat:  {base}/", flush=True)
         print(f"  agent desk:  {base}/desk#token={kefu.desk_token}", flush=True)
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         mdir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir)
 
+    from redis.exceptions import ConnectionError as RedisUnreachable
+
     from bots.app import RoleError
     from bots.settings import SettingsError, load_settings
     from handlers.wording import TemplateProblem
@@ -222,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TemplateProblem, RoleError) as exc:
         print(f"kefu: {exc}", file=sys.stderr)
         return 2
+    except RedisUnreachable as exc:
+        from state.redisconn import where
+
+        print(f"kefu: cannot reach Redis ({where(settings.redis_url)}): {str(exc).split(' : ')[0][:200]}",
+              file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"kefu: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import SettingsError as SourceError
+from redis.asyncio import ConnectionPool
 
 from handlers.config import ShopConfig
 from state.redisconn import SENTINEL_SCHEMES, BadRedisURL, parse_sentinel
@@ -122,6 +123,11 @@ class Settings(BaseSettings, ShopConfig):
         elif scheme not in ("redis", "rediss", "unix"):
             raise ValueError("expected redis://host:6379/0, rediss://…, unix:///path or "
                              "redis+sentinel://host:26379[,host2:26379]/service_name")
+        else:
+            try:  # builds a connection object (no network): unknown options fail here, not at start
+                ConnectionPool.from_url(v).make_connection()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"not a usable Redis URL ({str(exc)[:200]})") from None
         return v
 
     @field_validator("admin_password_hash")

@@ -66,6 +66,12 @@ def parse_sentinel(url: str) -> SentinelURL:
     return SentinelURL(hosts, unquote(path[0]), db, user, password, sentinel_password)
 
 
+def where(url: str) -> str:
+    """The URL without user, password or query: safe to print and log."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+
+
 def connect(url: str) -> Any:
     """An asyncio Redis client for `url` (see the module doc); nothing is contacted yet."""
     if urlsplit(url).scheme in SENTINEL_SCHEMES:

@@ -125,7 +125,8 @@ def test_sentinel_urls_are_parsed_and_bad_ones_named() -> None:
 
 
 def test_a_bad_redis_url_is_a_settings_error_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    for url in ("redis+sentinel://:hunter2@h:port/svc", "http://:hunter2@localhost:6379"):
+    for url in ("redis+sentinel://:hunter2@h:port/svc", "http://:hunter2@localhost:6379",
+                "redis://:hunter2@localhost:6379/0?no_such_option=1"):
         monkeypatch.setenv("KEFU_REDIS_URL", url)
         with pytest.raises(SettingsError) as info:
             load_settings(None)
