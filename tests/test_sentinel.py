@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from bots.settings import SettingsError, load_settings
 from state.redis import RedisStore
 from state.redisconn import BadRedisURL, parse_sentinel
-from tests.procs import Proc, kefu_env, problems, web, worker
+from tests.procs import ROOT, Proc, kefu_env, problems, web, worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -207,3 +208,14 @@ async def test_kefu_processes_serve_buyers_across_a_failover(trio: Trio, tmp_pat
     finally:
         for p in procs:
             p.kill(signal.SIGTERM)
+
+
+def test_kefu_says_plainly_when_redis_cannot_be_reached(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    for url in (f"redis://:hunter2@127.0.0.1:{port}/0", f"redis+sentinel://127.0.0.1:{port}/kefu"):
+        env = kefu_env(url, "kefu", tmp_path / "data")
+        proc = subprocess.run([sys.executable, "-m", "bots.cli", "run", "--port", "0"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert "cannot reach Redis" in proc.stderr and "Traceback" not in proc.stderr
+        assert "hunter2" not in proc.stderr + proc.stdout
