@@ -225,7 +225,7 @@ class DingTalk:
         texts: list[str] = []
         codes: list[str] = []
         files: list[FileInfo] = []
-        content = d.get("content") if isinstance(d.get("content"), dict) else {}
+        content: dict[str, Any] = d["content"] if isinstance(d.get("content"), dict) else {}
         if kind == "text":
             texts.append(str((d.get("text") or {}).get("content") or ""))
         elif kind == "picture":
@@ -392,13 +392,13 @@ class DingTalk:
         progress_key = self._key("progress", channel.chat)
         progress = json.loads(await self.store.get_meta(progress_key) or "{}")
         done = int(progress.get("done", 0)) if progress.get("key") == key else 0
-        for i, text in enumerate(parts):
+        for i, part in enumerate(parts):
             if i < done:
                 continue
-            if isinstance(text, Media):
-                await self._photo_to_buyer(channel.chat, info, text)
+            if isinstance(part, Media):
+                await self._photo_to_buyer(channel.chat, info, part)
             else:
-                await self._to_buyer(channel.chat, info, text)
+                await self._to_buyer(channel.chat, info, part)
             if len(parts) > 1:
                 await self.store.set_meta(progress_key, json.dumps({"key": key, "done": i + 1}))
         await self.store.set_meta(self._key("menu", channel.chat), json.dumps(menu))

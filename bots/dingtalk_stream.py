@@ -11,6 +11,7 @@ from DINGTALK_OPENAPI_ENDPOINT when it is imported: kefu sets it from
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -66,7 +67,10 @@ class StreamLink:
         class Handler(CallbackHandler):  # type: ignore[misc]
             async def process(self, message: Any) -> tuple[int, str]:
                 data = message.data if isinstance(message.data, dict) else {}
-                fut = asyncio.run_coroutine_threadsafe(link.accept(data), link.main_loop)
+                async def store() -> bool:
+                    return await link.accept(data)
+
+                fut: concurrent.futures.Future[bool] = asyncio.run_coroutine_threadsafe(store(), link.main_loop)
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(fut), ACK_TIMEOUT)
                 except ValueError as exc:  # not a robot message: nothing to deliver again
