@@ -15,6 +15,9 @@ from state.keys import session_key
 _SAFE_REF = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _RATING = re.compile(r"^(?:[1-5]|[一二三四五])(?:分|星|颗星)?$")
 _CN_DIGITS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5}
+_RATING_IN = re.compile(r"(?<![0-9])([1-5一二三四五])\s*(?:分|星|颗星|stars?|/5)")
+_STARS = ("⭐", "★", "🌟")
+_STARS_AND_SPACE = re.compile(r"[⭐★🌟\s\ufe0f]+")
 MENU_FAQ = {"menu:track": "track_parcel", "menu:returns": "return_policy"}
 
 
@@ -503,11 +506,28 @@ async def _rate_by_payload(t: Turn, payload: str) -> None:
 
 
 async def _rate_by_text(t: Turn, text: str) -> bool:
-    n = normalize(text)
-    if not _RATING.match(n) or not t.c.rating_case:
+    rating = _rating_in(t, text)
+    if rating is None or not t.c.rating_case:
         return False
-    await _rate(t, t.c.rating_case, int(_CN_DIGITS.get(n[0], n[0])))
+    await _rate(t, t.c.rating_case, rating)
     return True
+
+
+def _rating_in(t: Turn, text: str) -> int | None:
+    """A rating typed instead of pressed: "5", "五星好评", "给4分", "⭐⭐⭐", "非常满意", "terrible"."""
+    stars = sum(text.count(s) for s in _STARS)
+    if 1 <= stars <= 5 and not _STARS_AND_SPACE.sub("", text):
+        return stars
+    n = normalize(text)
+    if _RATING.match(n):
+        return int(_CN_DIGITS.get(n[0], n[0]))
+    m = _RATING_IN.search(n)
+    if m and len(n) <= 12:
+        return int(_CN_DIGITS.get(m.group(1), m.group(1)))
+    for rating in (5, 3, 1):
+        if t.is_phrase(text, f"rate_{rating}"):
+            return rating
+    return None
 
 
 async def _rate(t: Turn, case_id: str, rating: int) -> None:

@@ -334,6 +334,20 @@ async def test_unhelpful_answer_offers_others_or_a_person(engine: Engine) -> Non
     assert payloads[-1] == "human" and "faq:return_shipping" not in payloads
 
 
+@pytest.mark.parametrize(("typed", "rating"), [
+    ("五星好评", 5), ("给4分吧", 4), ("⭐⭐⭐", 3), ("非常满意", 5), ("一般般", 3), ("差评", 1),
+    ("5 stars", 5), ("terrible", 1), ("★★★★", 4),
+])
+async def test_a_rating_typed_in_words_or_stars_is_taken(engine: Engine, typed: str, rating: int) -> None:
+    b = EngineBuyer(engine, chat=f"r-{abs(hash(typed))}")
+    await b.send("转人工")
+    await b.agent("resolve", "K1001", "已处理")
+    replies = await b.send(typed)
+    assert "K1002" not in said(replies)  # never a new handoff
+    case = await case_of(engine, "K1001")
+    assert case.rating == rating and case.history[-1].event == "rated"
+
+
 async def test_rating_by_typing_a_number(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("转人工")
