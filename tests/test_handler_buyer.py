@@ -348,6 +348,18 @@ async def test_a_rating_typed_in_words_or_stars_is_taken(engine: Engine, typed: 
     assert case.rating == rating and case.history[-1].event == "rated"
 
 
+@pytest.mark.parametrize(("message", "handed_off"), [
+    ("必须五星好评", False), ("好评", False), ("客服的态度真差", True), ("好失望", True),
+])
+async def test_praise_is_thanked_and_dissatisfaction_reaches_a_person(
+    engine: Engine, message: str, handed_off: bool
+) -> None:
+    b = EngineBuyer(engine, chat=f"p-{abs(hash(message))}")
+    await b.send("你好")
+    replies = await b.send(message)
+    assert ("转接人工" in said(replies)) is handed_off
+
+
 async def test_rating_by_typing_a_number(engine: Engine) -> None:
     b = EngineBuyer(engine)
     await b.send("转人工")
