@@ -139,12 +139,13 @@ async def _idle_turn(
         t.say("thanks_reply")
     elif t.ctx.wording.faq(label, c.locale) is not None:
         _answer_faq(t, label, text)
-    elif label == "clarify":
+    elif label == "clarify" and (choices := [
+        p for p in dict.fromkeys(_payload_for(x) for x in route.candidates) if p and p != "human"
+    ]):
         c.misses = 0
         c.clarified_text = text  # if the buyer picks a claim, this message already describes it
-        choices = [p for p in dict.fromkeys(_payload_for(x) for x in route.candidates) if p and p != "human"]
         t.say("clarify", buttons=choices + ["human"])
-    else:
+    else:  # nothing known, or a "did you mean" with nothing to offer but a person
         c.misses += 1
         t.miss(text, "unknown")
         if c.misses >= t.ctx.cfg.misses_before_handoff:

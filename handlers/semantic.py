@@ -247,8 +247,8 @@ class SemanticRouter:
             return Route("none", 0.0)
         top_label, top = ranked[0]
         top3 = tuple(label for label, _ in ranked[:3])
-        if top_label in QUIET:
-            return Route(top_label, top, top3)  # small talk or off topic is likelier than any entry
+        if top_label in QUIET:  # small talk or off topic is likelier than any entry
+            return Route(top_label if top >= self.clarify_score else "none", top, top3)
         second = ranked[1][1] if len(ranked) > 1 else 0.0
         if top >= self.answer_score and top - second >= self.margin:
             return Route(top_label, top, top3)
