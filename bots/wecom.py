@@ -59,7 +59,6 @@ from state.media import MediaStore, NotAnImage
 from state.protocol import IngressRow, LockTimeout, Store
 from state.tasks import Stopper, stop_if_cancelled
 
-NAME_RETRY = 600.0  # seconds before a failed nickname lookup is tried again
 log = logging.getLogger("kefu.wecom")
 
 PLATFORM = "wecom"
@@ -72,6 +71,7 @@ MAX_TEXT_BYTES = 2000  # kf text is limited to 2048 bytes
 ROBOT_BYTES = 2000  # and so is a group robot's text message
 ROBOT_PER_MINUTE = 20  # a group robot takes 20 messages a minute (45009 beyond): one window for every process
 ROBOT_WINDOW = 60.0
+NAME_RETRY = 600.0  # seconds before a failed nickname lookup is tried again
 RETRY_LATER = {45009, 45033, -1}  # rate limits, "system busy"
 # What the desk is told when WeChat refuses a reply, in words an agent can act on.
 PLAIN = {

@@ -115,14 +115,15 @@ async def _idle_turn(
         return
     order_no, _ = orders.find(text)
     # "衣服发错了 订单号 3849…": route what the buyer said, not the number and its label.
-    route = t.ctx.router.route((orders.strip(text, order_no) if order_no else "") or text)
+    words = orders.strip(text, order_no) if order_no else ""
+    route = t.ctx.router.route(words or text)
     label = route.label
     if label in ("human", "complaint"):
         await hand_off(t, "complaint" if label == "complaint" else "buyer_request")
     elif label.startswith("claim:") and label[6:] in CLAIMS:
         await _start_claim(t, label[6:], text, order_no, orders)
     elif (order_no and label in ("none", "clarify") and c.last_answer and c.faq_given
-          and len(normalize(orders.strip(text, order_no))) >= 4):
+          and len(normalize(words)) >= 4):
         # Right after an answer, an order number with details ("订单号… 改成杭州市…"): the buyer is
         # giving a person something to act on, so a person gets it, with the conversation.
         c.known_order_no = order_no

@@ -48,6 +48,16 @@ def next_slot(draft: ClaimDraft) -> str | None:
     return None
 
 
+# What buyers put before an order number ("订单号：", "我的单号是", "order no.").
+_ORDER_LABEL = r"(?:我的)?(?:订单号码?|订单编号|订单|单号|order\s*(?:no\.?|number|#)?)?\s*(?:是|为|:|：)?\s*"
+
+
+def _tidy(text: str) -> str:
+    """Punctuation left at the edges and doubled spaces out, after a number was taken away."""
+    t = re.sub(r"^[\s,，。.;；:：!！]+|[\s,，;；:：]+$", "", text)
+    return re.sub(r"\s{2,}", " ", t).strip()
+
+
 class OrderNumbers:
     """Finds and validates order numbers with the shop's pattern (KEFU_ORDER_PATTERN)."""
 
@@ -85,17 +95,12 @@ class OrderNumbers:
         """The text without anything that looks like an order number (valid or not) and its label:
         what is left is what the buyer said in words."""
         t = re.sub(r"(?<=\d)[\s\-]+(?=\d)", "", unicodedata.normalize("NFKC", text))  # "3849 2017 …"
-        label = r"(?:我的)?(?:订单号码?|订单编号|订单|单号|order\s*(?:no\.?|number|#)?)?\s*(?:是|为|:|：)?\s*"
-        t = re.sub(label + r"[A-Za-z0-9\-]*\d{5,}[A-Za-z0-9\-]*", " ", t, flags=re.I)
-        t = re.sub(r"^[\s,，。.;；:：!！]+|[\s,，;；:：]+$", "", t)
-        return re.sub(r"\s{2,}", " ", t).strip()
+        return _tidy(re.sub(_ORDER_LABEL + r"[A-Za-z0-9\-]*\d{5,}[A-Za-z0-9\-]*", " ", t, flags=re.I))
 
     def strip(self, text: str, order_no: str | None) -> str:
         """The text without the order number and its label ("订单号：...")."""
         # Keep the buyer's own punctuation unless the number was typed in full width.
         t = text if not order_no or order_no in text else unicodedata.normalize("NFKC", text)
         if order_no:
-            label = r"(?:我的)?(?:订单号码?|订单编号|订单|单号|order\s*(?:no\.?|number|#)?)?\s*(?:是|为|:|：)?\s*"
-            t = re.sub(label + re.escape(order_no), " ", t, flags=re.I)
-        t = re.sub(r"^[\s,，。.;；:：!！]+|[\s,，;；:：]+$", "", t)
-        return re.sub(r"\s{2,}", " ", t).strip()
+            t = re.sub(_ORDER_LABEL + re.escape(order_no), " ", t, flags=re.I)
+        return _tidy(t)
