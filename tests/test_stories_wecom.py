@@ -57,6 +57,14 @@ class World:
         await asyncio.sleep(0.1)
         return self.fake.sent_to(user)
 
+    async def all_spoke(self, buyers: list[Json], count: int) -> bool:
+        """Every buyer's transcript holds at least `count` of their own messages."""
+        for b in buyers:
+            lines = await self.kefu.store.transcript(f"kefu:wecom:{self.fake.open_kfid}:{b['external_userid']}")
+            if len([m for m in lines if m["who"] == "buyer"]) < count:
+                return False
+        return True
+
     async def case(self, case_id: str) -> Case:
         for _ in range(200):
             row = await self.kefu.store.get_case(case_id)
@@ -233,21 +241,12 @@ async def test_a_burst_of_50_messages_over_3_pages_with_a_retried_callback(world
     first = await fake.callback(world.url, xml)
     again = await fake.callback(world.url, xml)  # WeCom retries a callback: the same one
     assert first.status == again.status == 200
-    store = world.kefu.store
-
-    async def all_handled() -> bool:
-        for b in buyers:
-            lines = await store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
-            if len([m for m in lines if m["who"] == "buyer"]) < 10:
-                return False
-        return True
-
-    await world.until(all_handled, timeout=30)
+    await world.until(lambda: world.all_spoke(buyers, 10), timeout=30)
     await asyncio.sleep(1.0)
     pages = [c for c in fake.calls if c[0] == "kf/sync_msg"]
     assert len(pages) == 3  # 20 + 20 + 10, the cursor kept between them
     for b in buyers:
-        lines = await store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
+        lines = await world.kefu.store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
         asked = [m["text"] for m in lines if m["who"] == "buyer"]
         assert asked == questions  # every message once, in order: none lost, none twice
         sent = fake.sent_to(b)

@@ -195,21 +195,12 @@ async def test_a_restart_in_the_middle_of_a_burst_resumes_from_the_saved_cursor(
     world = await start(fake, settings)
     try:
         await world.news()
-        store = world.kefu.store
-
-        async def all_handled() -> bool:
-            for b in buyers:
-                lines = await store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
-                if len([m for m in lines if m["who"] == "buyer"]) < 10:
-                    return False
-            return True
-
-        await world.until(all_handled, timeout=30)
+        await world.until(lambda: world.all_spoke(buyers, 10), timeout=30)
         await asyncio.sleep(0.5)
         resumed = [c for c in fake.calls if c[0] == "kf/sync_msg"][calls_before:]
         assert resumed[0][2]["cursor"] == first_cursor  # not from the start, not from page 3
         for b in buyers:
-            lines = await store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
+            lines = await world.kefu.store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
             assert [m["text"] for m in lines if m["who"] == "buyer"] == [f"问题{i}" for i in range(10)]
     finally:
         await world.server.close()
