@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from handlers.bank import bank_for
 from handlers.config import ShopConfig
 from handlers.matcher import Route, Router
 from handlers.setup import DEFAULT_TEMPLATES, make_router
@@ -59,7 +60,8 @@ def build(faq: Path, cfg: ShopConfig, cache_dir: Path | None) -> Router:
     for intents in wording.intents.values():  # kefu's own actions and small talk, every language
         for label, examples in intents.items():
             entries.setdefault(label, []).extend(examples)
-    return make_router(entries, answers, cfg, cache_dir)
+    bank = bank_for(DEFAULT_TEMPLATES) if cfg.route_bank else None
+    return make_router(entries, answers, cfg, cache_dir, bank=bank)
 
 
 def public(route: Route) -> dict[str, Any]:
@@ -118,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faq", type=Path, required=True, help="FAQ sheet in the import format (YAML)")
     p.add_argument("--eval", type=Path, help="a TSV of 'message<TAB>gold label' to measure")
     p.add_argument("--method", choices=["auto", "semantic", "lexical"], default="auto")
+    p.add_argument("--no-bank", action="store_true", help="without kefu's phrasing bank (templates/bank)")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: none)")
     p.add_argument("message", nargs="?", help="one message (else one per line from stdin)")
     args = p.parse_args(argv)
-    cfg = ShopConfig(route_method=args.method)
+    cfg = ShopConfig(route_method=args.method, route_bank=not args.no_bank)
     try:
         router = build(args.faq, cfg, args.cache_dir)
         if args.eval:

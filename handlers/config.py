@@ -35,6 +35,9 @@ class ShopConfig(BaseModel):
     route_answer_score: float = 0.525
     route_margin: float = 0.2
     route_clarify_score: float = 0.325
+    # kefu's phrasing bank (templates/bank): shop entries learn the many ways buyers ask about
+    # their topic, and topics the shop has no entry for are "not sure" instead of a near guess.
+    route_bank: bool = True
     misses_before_handoff: int = 2
 
     @field_validator("order_pattern")

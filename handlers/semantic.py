@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from handlers.bank import UNCOVERED, Topic, augment, link
 from handlers.matcher import LexicalRouter, Route, canonical, clauses, normalize
 
 log = logging.getLogger("kefu.routing")
@@ -124,6 +125,8 @@ MAX_QUERIES = 6  # the whole message and up to five of its clauses
 
 
 def kind_of(label: str) -> str:
+    if label.startswith(UNCOVERED):
+        return "faq"  # it competes like an entry; route() turns it into "not sure"
     if label.startswith("claim:"):
         return "claim"
     if label in ("human", "complaint"):
@@ -168,15 +171,22 @@ class SemanticRouter:
     def __init__(
         self, entries: dict[str, list[str]], answers: dict[str, str], embedder: Embedder,
         answer_score: float, clarify_score: float, margin: float, weights: np.ndarray | None = None,
+        bank: dict[str, Topic] | None = None,
     ) -> None:
         self.answer_score = answer_score
         self.clarify_score = clarify_score
         self.margin = margin
         self.weights = load_weights() if weights is None else weights
-        self.entries = {label: [ex for ex in exs if ex.strip()] for label, exs in entries.items()}
+        own = {label: [ex for ex in exs if ex.strip()] for label, exs in entries.items()}
+        self.own = own  # the shop's own examples (the lexical signal, the documents, exact matches)
         self.answers = answers
         self.lexical = LexicalRouter(entries)
         self.embedder = embedder
+        self.bank = dict(bank or {})
+        self.links = link(own, self.bank, lambda texts: embedder.embed([canonical(t) for t in texts]))
+        if self.links:
+            log.debug("phrasing bank links: %s", self.links)
+        self.entries = augment(own, self.bank, self.links)  # + the linked and the uncovered topics
         self.labels = [label for label, exs in self.entries.items() if exs]
         self._index = {label: i for i, label in enumerate(self.labels)}
         pairs = [(self._index[label], canonical(ex)) for label in self.labels for ex in self.entries[label]]
@@ -184,7 +194,8 @@ class SemanticRouter:
         self._ex_text = [p[1] for p in pairs]
         self._examples = embedder.embed(self._ex_text)
         self._starts = np.flatnonzero(np.r_[True, self._ex_label[1:] != self._ex_label[:-1]])
-        self._docs = embedder.embed([label_document(self.entries[lb], answers.get(lb)) for lb in self.labels])
+        self._docs = embedder.embed([label_document(own.get(lb) or self.entries[lb], answers.get(lb))
+                                     for lb in self.labels])
         kinds = [kind_of(lb) for lb in self.labels]
         self._kinds = np.array([[k == kind for kind in KINDS] for k in kinds], dtype=np.float32)
 
@@ -237,6 +248,14 @@ class SemanticRouter:
     def is_example(self, text: str) -> bool:
         return self.lexical.is_example(text)
 
+    def uncovered_topic(self, text: str) -> Topic | None:
+        """The bank topic this message is about when the shop has no entry for it (for the
+        admin's misses page: "buyers ask about X, and you have no entry for it")."""
+        ranked = self.scores(text)
+        if ranked and ranked[0][0].startswith(UNCOVERED):
+            return self.bank.get(ranked[0][0][len(UNCOVERED):])
+        return None
+
     def route(self, text: str) -> Route:
         norm = normalize(text)
         exact = self.lexical._exact.get(norm) if norm else None
@@ -246,14 +265,17 @@ class SemanticRouter:
         if not ranked:
             return Route("none", 0.0)
         top_label, top = ranked[0]
-        top3 = tuple(label for label, _ in ranked[:3])
+        top3 = tuple(label for label, _ in ranked if not label.startswith(UNCOVERED))[:3]
+        if top_label.startswith(UNCOVERED):  # a topic this shop has no entry for
+            return Route("none", top, top3)
         if top_label in QUIET:  # small talk or off topic is likelier than any entry
             return Route(top_label if top >= self.clarify_score else "none", top, top3)
         second = ranked[1][1] if len(ranked) > 1 else 0.0
         if top >= self.answer_score and top - second >= self.margin:
             return Route(top_label, top, top3)
         if top >= self.clarify_score:
-            close = tuple(label for label, s in ranked[:4] if label not in QUIET and s >= top / 4)[:3]
+            close = tuple(label for label, s in ranked[:4]
+                          if label not in QUIET and not label.startswith(UNCOVERED) and s >= top / 4)[:3]
             if close:
                 return Route("clarify", top, close)
         return Route("none", top, top3)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import logging
 
+from handlers.bank import Topic, bank_for
 from handlers.config import ShopConfig
 from handlers.context import Context
 from handlers.matcher import LexicalRouter, Router
@@ -41,14 +42,14 @@ def faq_answers(wording: Wording) -> dict[str, str]:
 
 
 def make_router(entries: dict[str, list[str]], answers: dict[str, str], cfg: ShopConfig,
-                cache_dir: Path | None = None) -> Router:
+                cache_dir: Path | None = None, bank: dict[str, Topic] | None = None) -> Router:
     """The semantic router if its model loads (and is wanted), else the lexical one."""
     if cfg.route_method != "lexical":
         try:
             from handlers.semantic import Embedder, SemanticRouter
 
             return SemanticRouter(entries, answers, Embedder(cache_dir), answer_score=cfg.route_answer_score,
-                                  clarify_score=cfg.route_clarify_score, margin=cfg.route_margin)
+                                  clarify_score=cfg.route_clarify_score, margin=cfg.route_margin, bank=bank)
         except Exception as exc:  # a missing wheel on this platform, a broken install: keep serving
             if cfg.route_method == "semantic":
                 raise
@@ -58,7 +59,8 @@ def make_router(entries: dict[str, list[str]], answers: dict[str, str], cfg: Sho
 
 
 def build_router(wording: Wording, cfg: ShopConfig, cache_dir: Path | None = None) -> Router:
-    return make_router(router_entries(wording), faq_answers(wording), cfg, cache_dir)
+    bank = bank_for(wording.root) if cfg.route_bank else None
+    return make_router(router_entries(wording), faq_answers(wording), cfg, cache_dir, bank)
 
 
 def build_context(
