@@ -35,9 +35,22 @@ def test_accuracy_and_false_answers_on_the_dev_set(tmp_path: Path) -> None:
     accuracy = float(re.search(r"^accuracy: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
     false = float(re.search(r"^false-answer rate: ([0-9.]+)$", out, re.M).group(1))  # type: ignore[union-attr]
     assert "SemanticRouter" in out
-    # Measured 0.863 / 0.025 (clarify 0.069) with the re-ranker; these bounds catch a regression,
-    # they are not the goal (0.92 at <= 0.04 false answers).
-    assert accuracy >= 0.84 and false <= 0.04, out
+    # The goal (issue 5): >= 0.92 with <= 0.04 false answers. Measured 0.950 / 0.000 with the
+    # phrasing bank (0.894 / 0.031 without it, same weights).
+    assert accuracy >= 0.92 and false <= 0.04, out
+
+
+@pytest.mark.skipif(not (EVAL / "faq.yaml").exists(), reason="../shared/eval is not in this checkout")
+def test_messages_written_independently_for_the_same_shop(tmp_path: Path) -> None:
+    """bench/data/eval-shop-heldout.tsv: 240 buyer messages for ../shared/eval/faq.yaml written
+    by someone who saw neither questions-dev.tsv nor the bank; never trained or tuned on."""
+    proc = kefu_route("--faq", str(EVAL / "faq.yaml"), "--eval", str(ROOT / "bench" / "data" / "eval-shop-heldout.tsv"),
+                      "--cache-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(re.search(r"^accuracy: ([0-9.]+)$", proc.stdout, re.M).group(1))  # type: ignore[union-attr]
+    false = float(re.search(r"^false-answer rate: ([0-9.]+)$", proc.stdout, re.M).group(1))  # type: ignore[union-attr]
+    # Measured 0.887 / 0.021 (0.767 / 0.087 without the bank).
+    assert accuracy >= 0.86 and false <= 0.04, proc.stdout
 
 
 def test_hand_written_buyer_messages_for_the_sample_shop(tmp_path: Path) -> None:
@@ -49,7 +62,7 @@ def test_hand_written_buyer_messages_for_the_sample_shop(tmp_path: Path) -> None
     got = [public.get(lb, lb) for lb in (ctx.router.route(text).label for text, _ in rows)]
     right = sum(g == want for g, (_, want) in zip(got, rows, strict=True))
     false = sum(g not in ("none", "clarify") and g != want for g, (_, want) in zip(got, rows, strict=True))
-    # Measured 0.906 / 0.031 when the bands were chosen.
+    # Measured 0.898 / 0.031 (bands: handlers/config.py defaults; see bench/route_train.py).
     assert right / len(rows) >= 0.88 and false / len(rows) <= 0.04, list(zip(got, rows, strict=True))
 
 
