@@ -372,7 +372,8 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
             await _ask_next(t)
             return
         route = t.ctx.router.route(text) if text else None
-        if route and not attempted and t.ctx.wording.faq(route.label, c.locale):
+        where = t.mentions(text, "where_is_it")  # "where do I find it?": the re-ask says where
+        if route and not attempted and not where and t.ctx.wording.faq(route.label, c.locale):
             _answer_faq(t, route.label)  # a side question: answer it, then carry on
             await _ask_next(t)
             return

@@ -7,7 +7,7 @@ import unicodedata
 from typing import Any, Iterable
 
 from handlers.context import Context, Outcome
-from handlers.matcher import normalize
+from handlers.matcher import canonical, normalize
 from handlers.model import Button, Case, Conversation, DeskAction, Media, Reply
 
 MENU = ("menu:track", "menu:returns", "menu:problem", "human")
@@ -97,6 +97,11 @@ class Turn:
     def is_phrase(self, text: str, kind: str) -> bool:
         n = normalize(text)
         return bool(n) and n in {normalize(p) for p in self.ctx.wording.phrases(kind)}
+
+    def mentions(self, text: str, kind: str) -> bool:
+        """Does the message contain one of the phrases of this kind (in any locale)?"""
+        n = normalize(canonical(text))
+        return bool(n) and any(p and p in n for p in (normalize(canonical(x)) for x in self.ctx.wording.phrases(kind)))
 
     def button_for_text(self, text: str) -> str | None:
         """Typing a button's text does what pressing it does."""
