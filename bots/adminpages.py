@@ -36,6 +36,7 @@ from bots.editor import Rejected
 from bots.faqsheet import entry_source, load_yaml, parse_entry, split_questions
 from bots.http import json_response
 from bots.tplcheck import Problem, allowed_variables, check_template
+from handlers.bank import starter_questions
 from handlers.wording import SAMPLE_VARS, valid_key
 
 if TYPE_CHECKING:
@@ -222,8 +223,14 @@ class AdminPages(AdminSite):
         session = await self.require(request)
         locale = self._locale(request)
         question = request.query.get("question", "").strip()[:500]
-        entry = {"id": "", "title": "", "questions": [question] if question else [], "answer": "",
-                 "buttons": [], "enabled": True}
+        questions = [question] if question else []
+        entry: dict[str, Any] = {"id": "", "title": "", "questions": questions, "answer": "", "buttons": [],
+                                 "enabled": True}
+        topic = getattr(self.ctx.router, "bank", {}).get(request.query.get("topic", ""))
+        if topic is not None:  # a miss about a phrasing-bank topic the shop has no entry for
+            entry["id"] = topic.id if FAQ_ID.match(topic.id) else ""
+            entry["title"] = topic.en if locale == "en" and topic.en else topic.title
+            entry["questions"] = list(dict.fromkeys([*questions, *starter_questions(topic, locale)]))
         return self._faq_page(request, session, locale, entry, new=True, miss=request.query.get("miss", "")[:200])
 
     def _form_entry(self, form: MultiDictProxy[Any], fid: str, locale: str) -> tuple[dict[str, Any], list[Problem]]:

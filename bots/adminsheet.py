@@ -210,15 +210,22 @@ class SheetPages:
         return self._download(body, "templates.zip", "application/zip")
 
     # --- misses ------------------------------------------------------------------------------------
-    def _suggest(self, question: str, locale: str) -> str:
+    def _suggest(self, question: str, locale: str) -> tuple[str, dict[str, str] | None]:
+        """The entry to add the question to, and the phrasing-bank topic it is about when the
+        shop has no entry for that topic (then "new entry" starts from the topic)."""
         w = self.site.ctx.wording
+        router = self.site.ctx.router
         try:
-            for label, _ in self.site.ctx.router.scores(question)[:10]:
+            uncovered = getattr(router, "uncovered_topic", None)
+            topic = uncovered(question) if uncovered else None
+            if topic is not None:
+                return "", {"id": topic.id, "title": topic.en if locale == "en" and topic.en else topic.title}
+            for label, _ in router.scores(question)[:10]:
                 if w.faqs.get(locale, {}).get(label) is not None:
-                    return str(label)
+                    return str(label), None
         except Exception:  # the router is another module's business: no suggestion then
-            return ""
-        return ""
+            return "", None
+        return "", None
 
     async def misses(self, request: web.Request) -> web.Response:
         site = self.site
@@ -230,7 +237,7 @@ class SheetPages:
             m["locale"] = m.get("locale") if site.known_locale(str(m.get("locale") or "")) else default
             m["suggested"] = m.get("answered") or ""
             if i < SUGGEST_FOR and not m["suggested"]:
-                m["suggested"] = await asyncio.to_thread(self._suggest, m["question"], m["locale"])
+                m["suggested"], m["topic"] = await asyncio.to_thread(self._suggest, m["question"], m["locale"])
         entries = {loc: sorted(((fid, e.title) for fid, e in w.faqs.get(loc, {}).items() if e.enabled),
                                key=lambda x: x[1]) for loc in site.locales()}
         return site.render("admin_misses.html", session=session, request=request, nav="misses",

@@ -420,14 +420,19 @@ async def test_export_round_trips_and_the_zip_carries_the_edits(running: Running
 # --- misses --------------------------------------------------------------------------------------
 
 
-async def test_a_missed_question_is_listed_and_one_click_makes_it_answered(
-        default_router: None, running: Running, admin: Admin) -> None:
+async def missed(running: Running, admin: Admin, question: str) -> str:
+    """A buyer asks something the bot cannot answer; the admin opens the misses page."""
     buyer = WebBuyer(running.http, running.base)
     await buyer.say("你好")
-    question = "zxqv blorp 比特币"
     await buyer.say(question)
     await admin.login()
-    page = await admin.get("/admin/misses")
+    return await admin.get("/admin/misses")
+
+
+async def test_a_missed_question_is_listed_and_one_click_makes_it_answered(
+        default_router: None, running: Running, admin: Admin) -> None:
+    question = "zxqv blorp 比特币"
+    page = await missed(running, admin, question)
     m = re.search(r'<tr data-norm="([^"]+)">\s*<td class="question">' + re.escape(question), page)
     assert m, page
     norm = unescape(m.group(1))
@@ -441,6 +446,20 @@ async def test_a_missed_question_is_listed_and_one_click_makes_it_answered(
     assert entry["questions"][-1] == question
     cod = entry["answer"].strip()[:12]
     assert cod in texts(await WebBuyer(running.http, running.base).say(question))
+
+
+async def test_a_miss_about_a_topic_the_shop_lacks_starts_a_new_entry_from_that_topic(
+        default_router: None, running: Running, admin: Admin) -> None:
+    """kefu's sample shop has no entry about payment methods; its phrasing bank has the topic."""
+    question = "可以用花呗分三期付吗"
+    page = await missed(running, admin, question)
+    row = page[page.index(question):]
+    row = row[:row.index("</tr>")]
+    assert 'data-topic="payment"' in row and "本店还没有条目" in row, row
+    link = re.search(r'href="(/admin/faq/new\?[^"]+)"', row)
+    assert link and "topic=payment" in link.group(1)
+    form = unescape(await admin.get(unescape(link.group(1))))
+    assert question in form and "付款方式" in form and "支持微信支付吗" in form
 
 
 # --- without a password, and with a hash ----------------------------------------------------------
