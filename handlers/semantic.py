@@ -122,6 +122,7 @@ KINDS = ("faq", "claim", "human", "none", "greeting", "thanks")
 SIGNALS = ("example", "example_clause", "example_gap", "doc", "doc_clause", "lexical", "lexical_clause",
            "first_example", "first_doc", "first_lexical", "first_all", *(f"kind_{k}" for k in KINDS))
 MAX_QUERIES = 6  # the whole message and up to five of its clauses
+SHORT = 2  # characters (CJK, or letters of one short word): see SemanticRouter._too_short
 
 
 def kind_of(label: str) -> str:
@@ -248,6 +249,13 @@ class SemanticRouter:
     def is_example(self, text: str) -> bool:
         return self.lexical.is_example(text)
 
+    def _too_short(self, norm: str, label: str) -> bool:
+        """Two characters ("没用", "不行") say too little to answer with an entry they are not
+        part of: ask ("您是不是想问") instead. Claims and kefu's own labels are not concerned."""
+        if len(norm) > SHORT or kind_of(label) != "faq":
+            return False
+        return not any(norm in normalize(ex) for ex in self.own.get(label, ()))
+
     def uncovered_topic(self, text: str) -> Topic | None:
         """The bank topic this message is about when the shop has no entry for it (for the
         admin's misses page: "buyers ask about X, and you have no entry for it")."""
@@ -271,7 +279,7 @@ class SemanticRouter:
         if top_label in QUIET:  # small talk or off topic is likelier than any entry
             return Route(top_label if top >= self.clarify_score else "none", top, top3)
         second = ranked[1][1] if len(ranked) > 1 else 0.0
-        if top >= self.answer_score and top - second >= self.margin:
+        if top >= self.answer_score and top - second >= self.margin and not self._too_short(norm, top_label):
             return Route(top_label, top, top3)
         if top >= self.clarify_score:
             close = tuple(label for label, s in ranked[:4]

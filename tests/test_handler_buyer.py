@@ -293,6 +293,29 @@ async def test_while_waiting_new_messages_join_the_case_and_are_acknowledged(eng
     assert desk[0].kind == "message" and desk[0].text == "人呢"
 
 
+async def test_while_waiting_an_answer_that_did_not_help_is_noted_not_answered_again(engine: Engine) -> None:
+    b = EngineBuyer(engine)
+    await b.send("转人工")
+    await b.send("能开发票吗")
+    replies = said(await b.send("没用"))
+    assert "K1001" in replies and "优惠券" not in replies  # not routed as a question about coupons
+    misses = {m["question"]: m for m in await engine.store.list_misses()}
+    assert misses["能开发票吗"]["kind"] == "unhelpful" and misses["能开发票吗"]["answered"] == "invoice"
+    assert b.last.conversation.stage == "waiting_agent"
+
+
+async def test_two_characters_are_not_answered_with_an_entry_they_are_not_part_of(engine: Engine) -> None:
+    for text in ("没用", "不行", "好吧"):
+        b = EngineBuyer(engine)
+        await b.send("你好")
+        await b.send(text)
+        assert b.last.conversation.last_answer is None, text
+    b = EngineBuyer(engine)
+    await b.send("你好")
+    await b.send("包邮")  # two characters of the entry's own examples: answered
+    assert b.last.conversation.last_answer == "free_shipping"
+
+
 async def test_every_buyer_message_gets_an_answer_until_an_agent_takes_over(engine: Engine) -> None:
     b = EngineBuyer(engine)
     for text in ["在吗", "嗯", "？？？", "👍", "发货", "转人工", "快点", "。。。"]:
