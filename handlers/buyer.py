@@ -374,7 +374,7 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
         route = t.ctx.router.route(text) if text else None
         where = t.mentions(text, "where_is_it")  # "where do I find it?": the re-ask says where
         if route and not attempted and not where and t.ctx.wording.faq(route.label, c.locale):
-            _answer_faq(t, route.label)  # a side question: answer it, then carry on
+            _answer_faq(t, route.label, text)  # a side question: answer it, then carry on
             await _ask_next(t)
             return
         draft.order_failures += 1
@@ -407,7 +407,7 @@ async def _claim_turn(t: Turn, ev: BuyerMessage, text: str, payload: str | None,
             if text and not order_no:
                 route = t.ctx.router.route(text)
                 if t.ctx.wording.faq(route.label, c.locale):
-                    _answer_faq(t, route.label)  # a side question ("运费谁出?"): answered, then carry on
+                    _answer_faq(t, route.label, text)  # a side question ("运费谁出?"): answered, then carry on
                 elif route.label not in SMALL_TALK:
                     detail = _description_from(t, text, None, orders, 2)
                     if detail:  # more about what happened: kept with the claim, and said so
@@ -445,7 +445,7 @@ async def _confirm_turn(
         rest = orders.strip(text, order_no)
         route = t.ctx.router.route(rest) if rest else None
         if route and not order_no and t.ctx.wording.faq(route.label, c.locale):
-            _answer_faq(t, route.label)
+            _answer_faq(t, route.label, rest)
         elif len(normalize(rest)) >= 2 and not (route and route.label in SMALL_TALK):
             draft.description = _more(draft.description, rest)  # more detail from the buyer
     _confirm(t)
@@ -462,10 +462,17 @@ async def _while_waiting(t: Turn, ev: BuyerMessage, text: str, payload: str | No
     if payload == "human" or (text and t.ctx.router.route(text).label in ("human", "complaint")):
         t.say("case_already_queued", case_id=case.id, position=position)
         return
+    if c.last_answer and (payload == "helpful:no" or (text and t.is_phrase(text, "unhelpful"))):
+        # "没用" after an answer given while waiting: noted for the admin; a person is coming anyway.
+        if c.last_question:
+            t.miss(c.last_question, "unhelpful", c.last_answer)
+        c.last_answer = None
+        t.say("case_waiting_ack", case_id=case.id, position=position)
+        return
     if text and not payload:
         route = t.ctx.router.route(text)
         if t.ctx.wording.faq(route.label, c.locale):
-            _answer_faq(t, route.label)
+            _answer_faq(t, route.label, text)
             return
     if ev.files and not ev.photos:
         _file_note(t, ev)
