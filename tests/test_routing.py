@@ -75,6 +75,18 @@ def test_chat_spellings_and_run_on_messages_are_understood() -> None:
     assert clauses("where is my parcel") == ["where is my parcel"]  # spaces split only Chinese
 
 
+def test_cantonese_as_hong_kong_buyers_type_it(tmp_path: Path) -> None:
+    assert canonical("點解仲未發貨？等咗好耐") == "为什么还没发货?等了很久"
+    assert canonical("呢個係咪正貨嚟㗎") == "这个是不是正货来" and canonical("可唔可以平啲") == "可不可以便宜点"
+    assert canonical("联系客服") == "联系客服" and canonical("发货了呢") == "发货了呢"  # Mandarin untouched
+    ctx = build_context(ShopConfig(), None, cache_dir=tmp_path)  # type: ignore[arg-type]
+    cases = {"幾耐先到": "delivery_days", "可唔可以貨到付款": "cod", "冇收到發票喎": "invoice_missing",
+             "呢個係咪正貨嚟㗎": "authenticity", "寄唔寄香港㗎": "overseas", "收到嘅杯爛咗": "claim:damaged",
+             "我想搵真人": "human"}
+    got = {text: ctx.router.route(text).label for text in cases}
+    assert got == cases
+
+
 def test_the_re_ranker_weights_ship_with_the_code() -> None:
     data = json.loads(WEIGHTS_FILE.read_text("utf-8"))
     assert data["signals"] == list(SIGNALS) and data["model"] == MODEL_ID
