@@ -187,9 +187,23 @@ class AdminPages(AdminSite):
             "admin_faq_edit.html", status=status, session=session, request=request, nav="faq",
             title=entry.get("title") or self.labels()["new_entry"], locale=locale, entry=entry, new=new, key=key,
             problems=problems or [], buttons=self._buttons(locale), miss=miss,
+            bank=None if new else self._bank_links(str(entry.get("id") or ""), locale),
             variables=self._variables(sorted(allowed_variables("faq/x/x", {}))),
             preview=self._initial_preview(key, entry.get("answer") or "") if not problems else None,
         )
+
+    def _bank_links(self, fid: str, locale: str) -> list[dict[str, Any]] | None:
+        """The phrasing-bank topics the router linked this entry to (None: no bank in use)."""
+        router = self.ctx.router
+        bank = getattr(router, "bank", None)
+        if not bank:
+            return None
+        out = []
+        for tid in getattr(router, "links", {}).get(fid, []):
+            topic = bank[tid]
+            out.append({"id": tid, "title": topic.en if locale == "en" and topic.en else topic.title,
+                        "count": len(topic.phrasings), "examples": starter_questions(topic, locale, 4)})
+        return out
 
     def _variables(self, names: list[str]) -> list[tuple[str, str, str]]:
         t = self.labels()

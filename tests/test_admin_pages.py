@@ -462,6 +462,15 @@ async def test_a_miss_about_a_topic_the_shop_lacks_starts_a_new_entry_from_that_
     assert question in form and "付款方式" in form and "支持微信支付吗" in form
 
 
+async def test_an_entry_page_shows_the_bank_topic_it_is_linked_to(
+        default_router: None, running: Running, admin: Admin) -> None:
+    await admin.login()
+    page = unescape(await admin.get("/admin/faq/zh-CN/cod"))
+    block = page[page.index('id="bank-links"'):]
+    block = block[:block.index("</div>\n    </div>") if "</div>\n    </div>" in block else 600]
+    assert 'data-topic="cod"' in block and "也能听懂" in block and "货到付款" in block, block
+
+
 # --- without a password, and with a hash ----------------------------------------------------------
 
 
