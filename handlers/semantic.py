@@ -15,6 +15,10 @@ kefu's own sample shop with each example held out in turn, so not on any one sho
 turns them into a probability per label; the bands (answer / "您是不是想问" / not sure) are
 thresholds on that probability. Example vectors are cached by content (in memory and on
 disk), so a new FAQ version only embeds what changed.
+
+kefu's phrasing bank (handlers/bank.py, templates/bank) adds the phrasings of the topic each
+entry is linked to as further examples of it, and keeps the topics no entry covers as labels
+of their own ("other:<topic>"): a message closest to one of those is "not sure", never answered.
 """
 
 from __future__ import annotations
