@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -62,6 +63,13 @@ def build(faq: Path, cfg: ShopConfig, cache_dir: Path | None) -> Router:
             entries.setdefault(label, []).extend(examples)
     bank = bank_for(DEFAULT_TEMPLATES) if cfg.route_bank else None
     return make_router(entries, answers, cfg, cache_dir, bank=bank)
+
+
+def default_cache() -> Path:
+    """Where `kefu route` keeps sentence vectors between runs (the FAQ's and the phrasing
+    bank's: about 2 s to compute, 0.3 s to read back)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kefu"
 
 
 def public(route: Route) -> dict[str, Any]:
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", type=Path, help="a TSV of 'message<TAB>gold label' to measure")
     p.add_argument("--method", choices=["auto", "semantic", "lexical"], default="auto")
     p.add_argument("--no-bank", action="store_true", help="without kefu's phrasing bank (templates/bank)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: none)")
+    p.add_argument("--cache-dir", type=Path, default=default_cache(),
+                   help="embedding cache, keyed by content (default: $XDG_CACHE_HOME/kefu or ~/.cache/kefu)")
     p.add_argument("message", nargs="?", help="one message (else one per line from stdin)")
     args = p.parse_args(argv)
     cfg = ShopConfig(route_method=args.method, route_bank=not args.no_bank)

@@ -188,10 +188,14 @@ class SemanticRouter:
         self.lexical = LexicalRouter(entries)
         self.embedder = embedder
         self.bank = dict(bank or {})
-        self.links = link(own, self.bank, lambda texts: embedder.embed([canonical(t) for t in texts]))
+        try:
+            self.links = link(own, self.bank, lambda texts: embedder.embed([canonical(t) for t in texts]))
+            self.entries = augment(own, self.bank, self.links)  # + the linked and the uncovered topics
+        except (ValueError, KeyError, IndexError) as exc:  # a malformed bank must not cost the model
+            log.warning("phrasing bank not used (%s: %s)", exc.__class__.__name__, exc)
+            self.bank, self.links, self.entries = {}, {}, {label: list(exs) for label, exs in own.items()}
         if self.links:
             log.debug("phrasing bank links: %s", self.links)
-        self.entries = augment(own, self.bank, self.links)  # + the linked and the uncovered topics
         self.labels = [label for label, exs in self.entries.items() if exs]
         self._index = {label: i for i, label in enumerate(self.labels)}
         pairs = [(self._index[label], canonical(ex)) for label in self.labels for ex in self.entries[label]]

@@ -26,6 +26,14 @@ from tests.support import REDIS_URL, TOKEN
 ALWAYS_OPEN = {"hours_open": "00:00", "hours_close": "00:00"}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`kefu route` keeps vectors under $XDG_CACHE_HOME/kefu: tests use their own, not the user's."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture
 def shop() -> ShopConfig:
     return ShopConfig(**ALWAYS_OPEN)

@@ -4,6 +4,7 @@ evaluation interface behaves as documented."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def test_one_message_and_stdin(tmp_path: Path) -> None:
     assert labels == ["ship_when", "human", "none"]
     bad = kefu_route("--faq", str(tmp_path / "missing.yaml"), "x")
     assert bad.returncode == 2 and "cannot read" in bad.stderr
+    assert list((Path(os.environ["XDG_CACHE_HOME"]) / "kefu").glob("embeddings-*.npz"))  # the next run reads them
 
 
 def test_the_sample_shop_routes_paraphrases_not_just_shared_characters(tmp_path: Path) -> None:
