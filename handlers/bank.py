@@ -32,6 +32,7 @@ LINK_MIN = 0.6  # an entry's examples must sit at least this close to the topic'
 # the topic is the one the entry sits closest to, or else the entry is clearly the topic's best
 LINK_LEAD = 0.03  # (closer than any other entry by this much)
 LINK_NEAR = 0.1  # and about as close as to its own closest topic
+LINK_EXAMPLE = 0.85  # or: one of the entry's own examples is this close to one of the topic's phrasings
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def link(entries: dict[str, list[str]], bank: dict[str, Topic],
     faq_labels = [lb for lb, exs in entries.items() if exs and is_entry(lb)]
     if not faq_topics or not faq_labels:
         return links
-    score = affinity([entries[lb] for lb in faq_labels], [[t.title, t.en, *t.phrasings] for t in faq_topics], embed)
+    score, per_text, owner = affinity([entries[lb] for lb in faq_labels],
+                                      [[t.title, t.en, *t.phrasings] for t in faq_topics], embed)
     for j, t in enumerate(faq_topics):
         col = score[:, j]
         order = np.argsort(-col)
@@ -140,13 +142,22 @@ def link(entries: dict[str, list[str]], bank: dict[str, Topic],
         mutual = int(np.argmax(score[best])) == j  # the topic is also the one the entry sits closest to
         if col[best] >= LINK_MIN and (mutual or (lead >= LINK_LEAD and col[best] >= score[best].max() - LINK_NEAR)):
             links.setdefault(faq_labels[best], []).append(t.id)
+            continue
+        # An entry that covers two topics ("什么时候发货" and "拍了两天了咋还没发货" in one entry)
+        # sits closer to one of them on average; the other is linked too when one of the entry's
+        # own examples is clearly one of its phrasings, and no other entry's example is as close.
+        mine = np.flatnonzero(per_text.argmax(axis=1) == j)
+        if len(mine):
+            k = int(mine[np.argmax(per_text[mine, j])])
+            if per_text[k, j] >= LINK_EXAMPLE and per_text[:, j].max() <= per_text[k, j]:
+                links.setdefault(faq_labels[owner[k]], []).append(t.id)
     return links
 
 
 def affinity(groups: list[list[str]], topics: list[list[str]],
-             embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """(n_groups, n_topics): for each text of a group its best cosine among the topic's texts,
-    averaged over the group."""
+             embed: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each text of a group its best cosine among each topic's texts (n_texts, n_topics),
+    the group of each text, and those cosines averaged over each group (n_groups, n_topics)."""
     flat_g = [x for g in groups for x in g if x.strip()]
     owner_g = np.array([i for i, g in enumerate(groups) for x in g if x.strip()])
     flat_t = [x for t in topics for x in t if x.strip()]
@@ -159,4 +170,4 @@ def affinity(groups: list[list[str]], topics: list[list[str]],
         rows = best[owner_g == i]
         if len(rows):
             out[i] = rows.mean(axis=0)
-    return out
+    return out, best, owner_g
