@@ -450,16 +450,16 @@ async def test_a_missed_question_is_listed_and_one_click_makes_it_answered(
 
 async def test_a_miss_about_a_topic_the_shop_lacks_starts_a_new_entry_from_that_topic(
         default_router: None, running: Running, admin: Admin) -> None:
-    """kefu's sample shop has no entry about payment methods; its phrasing bank has the topic."""
-    question = "可以用花呗分三期付吗"
+    """kefu's sample shop has no entry about a physical store; its phrasing bank has the topic."""
+    question = "你们有线下门店吗 想去看看实物"
     page = await missed(running, admin, question)
     row = page[page.index(question):]
     row = row[:row.index("</tr>")]
-    assert 'data-topic="payment"' in row and "本店还没有条目" in row, row
+    assert 'data-topic="store"' in row and "本店还没有条目" in row, row
     link = re.search(r'href="(/admin/faq/new\?[^"]+)"', row)
-    assert link and "topic=payment" in link.group(1)
+    assert link and "topic=store" in link.group(1)
     form = unescape(await admin.get(unescape(link.group(1))))
-    assert question in form and "付款方式" in form and "支持微信支付吗" in form
+    assert question in form and "实体店与自提" in form and "可以自提吗" in form
 
 
 async def test_an_entry_page_shows_the_bank_topic_it_is_linked_to(

@@ -70,7 +70,7 @@ def test_every_sample_shop_entry_links_to_its_own_topic(tmp_path: Path) -> None:
     for action in ("claim:damaged", "claim:not_received", "human", "none"):
         assert router.links[action] == [action]
     uncovered = {lb[len(UNCOVERED):] for lb in router.labels if lb.startswith(UNCOVERED)}
-    assert {"payment", "gift", "promotion"} <= uncovered and not uncovered & faq_ids
+    assert {"store", "promotion", "expiry"} <= uncovered and not uncovered & faq_ids
 
 
 def shop(tmp_path: Path, entries: dict[str, list[str]], answers: dict[str, str] | None = None,
