@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from tests.support import REDIS_URL, WebAgent
 from tests.test_stories_wecom import World, content
 
 Json = dict[str, Any]
+Start = Callable[[Any], Awaitable[World]]  # the start fixture: settings -> a running kefu
 HOUR = 3600
 
 
@@ -33,21 +35,31 @@ def wecom_settings(fake: FakeWeCom, data_dir: Path, **extra: Any) -> Any:
     )
 
 
-async def start(fake: FakeWeCom, settings: Any) -> World:
-    server = TestServer(await create_app(settings, platforms=True))
-    await server.start_server()
-    world = World(fake, server)
-    assert world.kefu.wecom is not None
-    world.kefu.wecom.clock = fake.now  # WeChat's clock: the fake can move it on by hours
-    return world
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
     f = FakeWeCom()
     await f.start()
     yield f
     await f.close()
+
+
+@pytest.fixture
+async def start(fake: FakeWeCom) -> AsyncIterator[Start]:
+    """start(settings): a kefu process against the fake; every one is closed after the test."""
+    servers: list[TestServer] = []
+
+    async def run(settings: Any) -> World:
+        server = TestServer(await create_app(settings, platforms=True))
+        await server.start_server()
+        servers.append(server)
+        world = World(fake, server)
+        assert world.kefu.wecom is not None
+        world.kefu.wecom.clock = fake.now  # WeChat's clock: the fake can move it on by hours
+        return world
+
+    yield run
+    for server in servers:
+        await server.close()  # a no-op for one a test closed itself
 
 
 @pytest.fixture
@@ -68,109 +80,97 @@ async def failures(world: World, case_id: str, count: int = 1) -> list[str]:
 
 
 async def test_handoff_to_the_pool_then_a_wecom_servicer_whose_replies_land_in_the_transcript(
-        fake: FakeWeCom, tmp_path: Path) -> None:
-    world = await start(fake, wecom_settings(fake, tmp_path / "d", wecom_handoff_pool=True))
-    try:
-        buyer = fake.customer("钱女士")
-        msgs = await world.says(buyer, "转人工", 1)
-        assert "K1001" in content(msgs[0])
-        # After the bot said what it had to, the session went to the pool (2) through the API.
-        await world.until(lambda: fake.service_state(buyer) == 2)
-        to_pool = [t for t in fake.transitions if t["by"] == "api" and t["to"] == 2]
-        assert to_pool and to_pool[0]["external_userid"] == buyer["external_userid"]
-        # 张三 takes it from the app chat: trans to 3 with him as the servicer.
-        await fake.callback(world.url, fake.app_text_xml("zhangsan", "接单 K1001"))
-        await world.until(lambda: fake.service_state(buyer) == 3)
-        to_servicer = [t for t in fake.transitions if t["by"] == "api" and t["to"] == 3]
-        assert [(t["from"], t["servicer_userid"]) for t in to_servicer] == [(2, "zhangsan")]
-        assert fake.conversation(buyer).servicer_userid == "zhangsan"
-        # From the pool the bot may not send: "张三 is with you" rides on the code the move returned.
-        joined = await world.until(lambda: [m for m in fake.sent_to(buyer) if "张三" in content(m)])
-        assert joined[0]["via"] == "send_msg_on_event"
-        assert (await world.case("K1001")).send_failures == 0
-        # What 张三 types in WeCom comes back through sync_msg (origin 5) onto the case.
-        fake.servicer_text("zhangsan", buyer, "您好，我是张三")
-        fake.customer_text(buyer, "我的杯子碎了")
-        await world.news()
-        store = world.kefu.store
-        session = f"kefu:wecom:{fake.open_kfid}:{buyer['external_userid']}"
+        fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
+    world = await start(wecom_settings(fake, tmp_path / "d", wecom_handoff_pool=True))
+    buyer = fake.customer("钱女士")
+    msgs = await world.says(buyer, "转人工", 1)
+    assert "K1001" in content(msgs[0])
+    # After the bot said what it had to, the session went to the pool (2) through the API.
+    await world.until(lambda: fake.service_state(buyer) == 2)
+    to_pool = [t for t in fake.transitions if t["by"] == "api" and t["to"] == 2]
+    assert to_pool and to_pool[0]["external_userid"] == buyer["external_userid"]
+    # 张三 takes it from the app chat: trans to 3 with him as the servicer.
+    await fake.callback(world.url, fake.app_text_xml("zhangsan", "接单 K1001"))
+    await world.until(lambda: fake.service_state(buyer) == 3)
+    to_servicer = [t for t in fake.transitions if t["by"] == "api" and t["to"] == 3]
+    assert [(t["from"], t["servicer_userid"]) for t in to_servicer] == [(2, "zhangsan")]
+    assert fake.conversation(buyer).servicer_userid == "zhangsan"
+    # From the pool the bot may not send: "张三 is with you" rides on the code the move returned.
+    joined = await world.until(lambda: [m for m in fake.sent_to(buyer) if "张三" in content(m)])
+    assert joined[0]["via"] == "send_msg_on_event"
+    assert (await world.case("K1001")).send_failures == 0
+    # What 张三 types in WeCom comes back through sync_msg (origin 5) onto the case.
+    fake.servicer_text("zhangsan", buyer, "您好，我是张三")
+    fake.customer_text(buyer, "我的杯子碎了")
+    await world.news()
+    store = world.kefu.store
+    session = f"kefu:wecom:{fake.open_kfid}:{buyer['external_userid']}"
 
-        async def both_lines() -> list[Json]:
-            lines = await store.transcript(session)
-            return lines if any(m["who"] == "agent" for m in lines) and "我的杯子碎了" in str(lines) else []
+    async def both_lines() -> list[Json]:
+        lines = await store.transcript(session)
+        return lines if any(m["who"] == "agent" for m in lines) and "我的杯子碎了" in str(lines) else []
 
-        lines = await world.until(both_lines)
-        agent_lines = [m for m in lines if m["who"] == "agent"]
-        assert agent_lines[0]["text"] == "您好，我是张三" and agent_lines[0]["agent"] == "张三"
-        case = await world.case("K1001")
-        assert case.assignee == "张三" and case.first_reply_at is not None
-        assert not any("您好，我是张三" in content(m) for m in fake.sent_to(buyer))  # not sent a second time
-    finally:
-        await world.server.close()
+    lines = await world.until(both_lines)
+    agent_lines = [m for m in lines if m["who"] == "agent"]
+    assert agent_lines[0]["text"] == "您好，我是张三" and agent_lines[0]["agent"] == "张三"
+    case = await world.case("K1001")
+    assert case.assignee == "张三" and case.first_reply_at is not None
+    assert not any("您好，我是张三" in content(m) for m in fake.sent_to(buyer))  # not sent a second time
 
 
-async def test_past_kfs_48_hours_the_desk_is_told_why_the_reply_did_not_go(fake: FakeWeCom, tmp_path: Path) -> None:
-    world = await start(fake, wecom_settings(fake, tmp_path / "d"))
-    try:
-        buyer = fake.customer("周先生")
-        await world.says(buyer, "转人工", 1)
-        fake.advance(49 * HOUR)  # the buyer went quiet for two days
-        async with aiohttp.ClientSession() as http:
-            agent = WebAgent(http, world.base, "小王")
-            await agent.act("K1001", "reply", text="亲，您的退款已经到账了吗？")
-            whys = await failures(world, "K1001")
-            card = await agent.case("K1001")
-        assert "48 hours" in whys[0]
-        assert len(fake.sent_to(buyer)) == 1
-        assert not [c for c in fake.calls if c[0] == "kf/send_msg" and "退款" in str(c[2])]  # not even tried
-        # The agents' group hears it plainly, not just "failed".
-        robot = await world.until(lambda: [m for m in fake.robot_messages() if "48小时" in m["text"]["content"]])
-        assert "K1001" in robot[0]["text"]["content"] and "未能送达" in robot[0]["text"]["content"]
-        assert any("48 hours" in h["text"] for h in card["history"] if h["event"] == "send_failed")
-        # Once the buyer writes again the window opens: the next reply goes out.
-        await world.says(buyer, "还没有", 1)
-        async with aiohttp.ClientSession() as http:
-            await WebAgent(http, world.base, "小王").act("K1001", "reply", text="亲，我马上帮您查")
-        await world.until(lambda: any("马上帮您查" in content(m) for m in fake.sent_to(buyer)))
-    finally:
-        await world.server.close()
+async def test_past_kfs_48_hours_the_desk_is_told_why_the_reply_did_not_go(fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
+    world = await start(wecom_settings(fake, tmp_path / "d"))
+    buyer = fake.customer("周先生")
+    await world.says(buyer, "转人工", 1)
+    fake.advance(49 * HOUR)  # the buyer went quiet for two days
+    async with aiohttp.ClientSession() as http:
+        agent = WebAgent(http, world.base, "小王")
+        await agent.act("K1001", "reply", text="亲，您的退款已经到账了吗？")
+        whys = await failures(world, "K1001")
+        card = await agent.case("K1001")
+    assert "48 hours" in whys[0]
+    assert len(fake.sent_to(buyer)) == 1
+    assert not [c for c in fake.calls if c[0] == "kf/send_msg" and "退款" in str(c[2])]  # not even tried
+    # The agents' group hears it plainly, not just "failed".
+    robot = await world.until(lambda: [m for m in fake.robot_messages() if "48小时" in m["text"]["content"]])
+    assert "K1001" in robot[0]["text"]["content"] and "未能送达" in robot[0]["text"]["content"]
+    assert any("48 hours" in h["text"] for h in card["history"] if h["event"] == "send_failed")
+    # Once the buyer writes again the window opens: the next reply goes out.
+    await world.says(buyer, "还没有", 1)
+    async with aiohttp.ClientSession() as http:
+        await WebAgent(http, world.base, "小王").act("K1001", "reply", text="亲，我马上帮您查")
+    await world.until(lambda: any("马上帮您查" in content(m) for m in fake.sent_to(buyer)))
 
 
-async def test_kfs_five_replies_per_buyer_message_the_desk_is_told_why(fake: FakeWeCom, tmp_path: Path) -> None:
-    world = await start(fake, wecom_settings(fake, tmp_path / "d"))
-    try:
-        buyer = fake.customer("孙女士")
-        await world.says(buyer, "转人工", 1)
-        async with aiohttp.ClientSession() as http:
-            agent = WebAgent(http, world.base, "小王")
-            for i in range(6):
-                await agent.act("K1001", "reply", text=f"第{i + 1}条")
-            whys = await failures(world, "K1001")
-        assert "5 replies" in whys[0]
-        assert len(fake.sent_to(buyer)) == 5
-        robot = await world.until(lambda: [m for m in fake.robot_messages() if "回复满5条" in m["text"]["content"]])
-        assert "K1001" in robot[0]["text"]["content"]
-    finally:
-        await world.server.close()
+async def test_kfs_five_replies_per_buyer_message_the_desk_is_told_why(fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
+    world = await start(wecom_settings(fake, tmp_path / "d"))
+    buyer = fake.customer("孙女士")
+    await world.says(buyer, "转人工", 1)
+    async with aiohttp.ClientSession() as http:
+        agent = WebAgent(http, world.base, "小王")
+        for i in range(6):
+            await agent.act("K1001", "reply", text=f"第{i + 1}条")
+        whys = await failures(world, "K1001")
+    assert "5 replies" in whys[0]
+    assert len(fake.sent_to(buyer)) == 5
+    robot = await world.until(lambda: [m for m in fake.robot_messages() if "回复满5条" in m["text"]["content"]])
+    assert "K1001" in robot[0]["text"]["content"]
 
 
-async def test_a_msg_send_fail_event_tells_the_desk_why(fake: FakeWeCom, tmp_path: Path) -> None:
-    world = await start(fake, wecom_settings(fake, tmp_path / "d"))
-    try:
-        buyer = fake.customer("吴先生")
-        await world.says(buyer, "转人工", 1)
-        fake.send_fail(fake.sent_to(buyer)[-1]["msgid"], fail_type=10)  # the buyer refuses this account
-        await world.news()
-        [why] = await failures(world, "K1001")
-        assert "refuses" in why
-        robot = await world.until(lambda: [m for m in fake.robot_messages() if "拒收" in m["text"]["content"]])
-        assert "K1001" in robot[0]["text"]["content"]
-    finally:
-        await world.server.close()
+async def test_a_msg_send_fail_event_tells_the_desk_why(fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
+    world = await start(wecom_settings(fake, tmp_path / "d"))
+    buyer = fake.customer("吴先生")
+    await world.says(buyer, "转人工", 1)
+    fake.send_fail(fake.sent_to(buyer)[-1]["msgid"], fail_type=10)  # the buyer refuses this account
+    await world.news()
+    [why] = await failures(world, "K1001")
+    assert "refuses" in why
+    robot = await world.until(lambda: [m for m in fake.robot_messages() if "拒收" in m["text"]["content"]])
+    assert "K1001" in robot[0]["text"]["content"]
 
 
 async def test_a_restart_in_the_middle_of_a_burst_resumes_from_the_saved_cursor(
-        fake: FakeWeCom, tmp_path: Path) -> None:
+        fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
     fake.page_size = 20
     buyers = [fake.customer(f"顾客{i}") for i in range(5)]
     for i in range(10):
@@ -178,107 +178,92 @@ async def test_a_restart_in_the_middle_of_a_burst_resumes_from_the_saved_cursor(
             fake.customer_text(b, f"问题{i}")
     fake.rate_limit("kf/sync_msg", 1000, after=1)  # page 1 comes, then WeCom refuses (45009) until the restart
     settings = wecom_settings(fake, tmp_path / "d")
-    world = await start(fake, settings)
-    first_cursor = ""
-    try:
-        await world.news()
-        await world.until(lambda: len([c for c in fake.calls if c[0] == "kf/sync_msg"]) >= 2)
-        store = world.kefu.store
-        assert world.kefu.wecom is not None
-        saved = await world.until(lambda: store.get_meta(world.kefu.wecom._key("cursor", fake.open_kfid)))
-        first_cursor = str(saved)
-        assert fake.cursor_position(first_cursor) == 20  # kept after page 1
-    finally:
-        await world.server.close()
+    world = await start(settings)
+    await world.news()
+    await world.until(lambda: len([c for c in fake.calls if c[0] == "kf/sync_msg"]) >= 2)
+    store = world.kefu.store
+    assert world.kefu.wecom is not None
+    saved = await world.until(lambda: store.get_meta(world.kefu.wecom._key("cursor", fake.open_kfid)))
+    first_cursor = str(saved)
+    assert fake.cursor_position(first_cursor) == 20  # kept after page 1
+    await world.server.close()  # the restart
     fake.rate_limit("kf/sync_msg", 0)
     calls_before = len([c for c in fake.calls if c[0] == "kf/sync_msg"])
-    world = await start(fake, settings)
-    try:
-        await world.news()
-        await world.until(lambda: world.all_spoke(buyers, 10), timeout=30)
-        await asyncio.sleep(0.5)
-        resumed = [c for c in fake.calls if c[0] == "kf/sync_msg"][calls_before:]
-        assert resumed[0][2]["cursor"] == first_cursor  # not from the start, not from page 3
-        for b in buyers:
-            lines = await world.kefu.store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
-            assert [m["text"] for m in lines if m["who"] == "buyer"] == [f"问题{i}" for i in range(10)]
-    finally:
-        await world.server.close()
+    world = await start(settings)
+    await world.news()
+    await world.until(lambda: world.all_spoke(buyers, 10), timeout=30)
+    await asyncio.sleep(0.5)
+    resumed = [c for c in fake.calls if c[0] == "kf/sync_msg"][calls_before:]
+    assert resumed[0][2]["cursor"] == first_cursor  # not from the start, not from page 3
+    for b in buyers:
+        lines = await world.kefu.store.transcript(f"kefu:wecom:{fake.open_kfid}:{b['external_userid']}")
+        assert [m["text"] for m in lines if m["who"] == "buyer"] == [f"问题{i}" for i in range(10)]
 
 
 async def test_the_group_robots_20_a_minute_are_shared_by_two_processes_and_nothing_is_dropped(
-        fake: FakeWeCom, tmp_path: Path, redis_ns: str) -> None:
+        fake: FakeWeCom, start: Start, tmp_path: Path, redis_ns: str) -> None:
     redis = {"redis_url": REDIS_URL, "redis_namespace": redis_ns, "ingress_partitions": 4}
-    a = await start(fake, wecom_settings(fake, tmp_path / "a", **redis))
-    b = await start(fake, wecom_settings(fake, tmp_path / "b", **redis))
-    try:
-        buyers = [fake.customer(f"客人{i}") for i in range(26)]
-        for i, buyer in enumerate(buyers):
-            fake.customer_text(buyer, "转人工")
-            await fake.callback((a if i % 2 else b).url, fake.kf_event_xml())
-        case_ids = [f"K{1001 + i}" for i in range(len(buyers))]
-        for case_id in case_ids:
-            await a.case(case_id)
+    a = await start(wecom_settings(fake, tmp_path / "a", **redis))
+    b = await start(wecom_settings(fake, tmp_path / "b", **redis))
+    buyers = [fake.customer(f"客人{i}") for i in range(26)]
+    for i, buyer in enumerate(buyers):
+        fake.customer_text(buyer, "转人工")
+        await fake.callback((a if i % 2 else b).url, fake.kf_event_xml())
+    case_ids = [f"K{1001 + i}" for i in range(len(buyers))]
+    for case_id in case_ids:
+        await a.case(case_id)
 
-        def on_the_robot() -> set[str]:
-            text = "\n".join(m["text"]["content"] for m in fake.robot_messages())
-            return {c for c in case_ids if c in text}
+    def on_the_robot() -> set[str]:
+        text = "\n".join(m["text"]["content"] for m in fake.robot_messages())
+        return {c for c in case_ids if c in text}
 
-        # Both processes post cards; together they stay within the robot's minute.
-        await a.until(lambda: len(fake.robot_messages()) >= 20, timeout=30)
-        await asyncio.sleep(1.5)
-        robot_calls = [c for c in fake.calls if c[0] == "webhook/send"]
-        assert len(fake.robot_messages()) == 20 and len(robot_calls) == 20  # none refused with 45009
-        assert len(on_the_robot()) < len(case_ids)  # the rest wait, in the store
-        fake.advance(61)  # a minute later: whatever waited goes out, merged
-        await a.until(lambda: on_the_robot() == set(case_ids), timeout=30)
-        later = fake.robot_messages()[20:]
-        assert 1 <= len(later) <= 3
-        assert sum(c in later[0]["text"]["content"] for c in case_ids) >= 2  # several cards in one message
-        assert len([c for c in fake.calls if c[0] == "webhook/send"]) == len(fake.robot_messages())
-    finally:
-        await a.server.close()
-        await b.server.close()
+    # Both processes post cards; together they stay within the robot's minute.
+    await a.until(lambda: len(fake.robot_messages()) >= 20, timeout=30)
+    await asyncio.sleep(1.5)
+    robot_calls = [c for c in fake.calls if c[0] == "webhook/send"]
+    assert len(fake.robot_messages()) == 20 and len(robot_calls) == 20  # none refused with 45009
+    assert len(on_the_robot()) < len(case_ids)  # the rest wait, in the store
+    fake.advance(61)  # a minute later: whatever waited goes out, merged
+    await a.until(lambda: on_the_robot() == set(case_ids), timeout=30)
+    later = fake.robot_messages()[20:]
+    assert 1 <= len(later) <= 3
+    assert sum(c in later[0]["text"]["content"] for c in case_ids) >= 2  # several cards in one message
+    assert len([c for c in fake.calls if c[0] == "webhook/send"]) == len(fake.robot_messages())
 
 
 async def test_one_access_token_for_three_processes_refreshed_once(
-        fake: FakeWeCom, tmp_path: Path, redis_ns: str) -> None:
+        fake: FakeWeCom, start: Start, tmp_path: Path, redis_ns: str) -> None:
     redis = {"redis_url": REDIS_URL, "redis_namespace": redis_ns, "ingress_partitions": 4}
-    worlds = [await start(fake, wecom_settings(fake, tmp_path / f"p{i}", **redis)) for i in range(3)]
+    worlds = [await start(wecom_settings(fake, tmp_path / f"p{i}", **redis)) for i in range(3)]
     buyer = fake.customer("郑先生")
     fake.customer_text(buyer, "你好")
-    try:
-        clients = [w.kefu.wecom.client for w in worlds if w.kefu.wecom is not None]
-        assert len(clients) == 3
+    clients = [w.kefu.wecom.client for w in worlds if w.kefu.wecom is not None]
+    assert len(clients) == 3
 
-        async def everyone_calls() -> list[Any]:
-            return await asyncio.gather(*(asyncio.to_thread(c.kf.get_service_state, fake.open_kfid,
-                                                            buyer["external_userid"])
-                                          for c in clients for _ in range(3)))
+    async def everyone_calls() -> list[Any]:
+        return await asyncio.gather(*(asyncio.to_thread(c.kf.get_service_state, fake.open_kfid,
+                                                        buyer["external_userid"])
+                                      for c in clients for _ in range(3)))
 
-        def gettokens() -> int:
-            return len([c for c in fake.calls if c[0] == "gettoken"])
+    def gettokens() -> int:
+        return len([c for c in fake.calls if c[0] == "gettoken"])
 
-        assert all(r["errcode"] == 0 for r in await everyone_calls())
-        assert gettokens() == 1  # one fetch, the others reuse it from the store
-        fake.expire_tokens()  # 42001 for all: one refresh under the shared lock, every call retried once
-        assert all(r["errcode"] == 0 for r in await everyone_calls())
-        assert gettokens() == 2
-        fake.revoke_tokens()  # 40014 the same way
-        assert all(r["errcode"] == 0 for r in await everyone_calls())
-        assert gettokens() == 3
-        # A kefu process that starts later takes the shared token too.
-        late = await start(fake, wecom_settings(fake, tmp_path / "late", **redis))
-        worlds.append(late)
-        assert late.kefu.wecom is not None and late.kefu.wecom.client is not None
-        await asyncio.to_thread(late.kefu.wecom.client.kf.get_service_state, fake.open_kfid, buyer["external_userid"])
-        assert gettokens() == 3
-    finally:
-        for w in worlds:
-            await w.server.close()
+    assert all(r["errcode"] == 0 for r in await everyone_calls())
+    assert gettokens() == 1  # one fetch, the others reuse it from the store
+    fake.expire_tokens()  # 42001 for all: one refresh under the shared lock, every call retried once
+    assert all(r["errcode"] == 0 for r in await everyone_calls())
+    assert gettokens() == 2
+    fake.revoke_tokens()  # 40014 the same way
+    assert all(r["errcode"] == 0 for r in await everyone_calls())
+    assert gettokens() == 3
+    # A kefu process that starts later takes the shared token too.
+    late = await start(wecom_settings(fake, tmp_path / "late", **redis))
+    assert late.kefu.wecom is not None and late.kefu.wecom.client is not None
+    await asyncio.to_thread(late.kefu.wecom.client.kf.get_service_state, fake.open_kfid, buyer["external_userid"])
+    assert gettokens() == 3
 
 
-async def test_a_kf_buyer_served_from_the_telegram_desk(fake: FakeWeCom, tmp_path: Path) -> None:
+async def test_a_kf_buyer_served_from_the_telegram_desk(fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
     """Mixing: buyers on WeChat, agents in a Telegram forum group (no WeCom desk at all)."""
     from tests.fake_telegram import FakeTelegram
 
@@ -291,7 +276,7 @@ async def test_a_kf_buyer_served_from_the_telegram_desk(fake: FakeWeCom, tmp_pat
         telegram_token=tg.token, telegram_api_url=tg.api_url, telegram_desk_chat=desk["id"],
         telegram_poll_timeout=1,
     )
-    world = await start(fake, settings)
+    world = await start(settings)
     try:
         assert set(world.kefu.dispatcher.desks) == {"web", "telegram"}
         buyer = fake.customer("林小姐")
@@ -325,25 +310,22 @@ async def test_a_kf_buyer_served_from_the_telegram_desk(fake: FakeWeCom, tmp_pat
         await tg.close()
 
 
-async def test_a_retried_agent_message_is_handled_once(fake: FakeWeCom, tmp_path: Path) -> None:
+async def test_a_retried_agent_message_is_handled_once(fake: FakeWeCom, start: Start, tmp_path: Path) -> None:
     """WeCom retries a callback it got no 200 for in 5 s: the same MsgId is one command."""
-    world = await start(fake, wecom_settings(fake, tmp_path / "d"))
-    try:
-        buyer = fake.customer("冯先生")
-        await world.says(buyer, "转人工", 1)
-        take = fake.app_text_xml("manager", "接单 K1001", msg_id=7001)
-        note = fake.app_text_xml("manager", "备注 K1001 先查物流", msg_id=7002)
-        for xml in (take, take, note, note):
-            assert (await fake.callback(world.url, xml)).status == 200
+    world = await start(wecom_settings(fake, tmp_path / "d"))
+    buyer = fake.customer("冯先生")
+    await world.says(buyer, "转人工", 1)
+    take = fake.app_text_xml("manager", "接单 K1001", msg_id=7001)
+    note = fake.app_text_xml("manager", "备注 K1001 先查物流", msg_id=7002)
+    for xml in (take, take, note, note):
+        assert (await fake.callback(world.url, xml)).status == 200
 
-        async def noted() -> Any:
-            case = await world.case("K1001")
-            return case if case.notes else None
-
-        await world.until(noted)
-        await world.kefu.wecom.app_worker.drain()  # type: ignore[union-attr]
+    async def noted() -> Any:
         case = await world.case("K1001")
-        assert [h.event for h in case.history] == ["created", "taken", "note"]
-        assert len(case.notes) == 1 and len([m for m in fake.sent_to(buyer) if "manager" in content(m)]) == 1
-    finally:
-        await world.server.close()
+        return case if case.notes else None
+
+    await world.until(noted)
+    await world.kefu.wecom.app_worker.drain()  # type: ignore[union-attr]
+    case = await world.case("K1001")
+    assert [h.event for h in case.history] == ["created", "taken", "note"]
+    assert len(case.notes) == 1 and len([m for m in fake.sent_to(buyer) if "manager" in content(m)]) == 1
