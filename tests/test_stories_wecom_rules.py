@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
