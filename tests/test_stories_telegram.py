@@ -45,6 +45,10 @@ class World:
                 raise AssertionError("Telegram side did not get there in time")
             await asyncio.sleep(0.05)
 
+    async def topic(self) -> int:
+        """The message_thread_id of the desk's first case topic, once there is one."""
+        return int((await self.until(lambda: self.fake.topics.get(self.desk["id"])))[0]["message_thread_id"])
+
     def to_buyer(self, user: Json) -> list[Json]:
         return self.fake.sent_to(user["id"])
 
@@ -386,7 +390,7 @@ async def test_phone_numbers_are_masked_in_the_desk_group(world: World) -> None:
     fake.text(buyer, "转人工")
     await world.said(buyer, 2)
     fake.text(buyer, "我的手机13912345678，地址杭州市余杭区文一西路969号3幢201室")
-    thread = (await world.until(lambda: fake.topics.get(desk["id"])))[0]["message_thread_id"]
+    thread = await world.topic()
     line = await world.until(lambda: [m for m in fake.sent_to(desk["id"], thread) if "手机" in (m.get("text") or "")])
     assert "13912345678" not in line[0]["text"] and "139****5678" in line[0]["text"]
     assert "969号" not in line[0]["text"] and "201室" not in line[0]["text"]

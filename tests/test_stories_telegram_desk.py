@@ -54,7 +54,7 @@ async def test_every_button_a_buyer_presses_is_answered(world: World) -> None:
     fake.text(buyer, "杯子碎了一个")  # asked what happened
     press(await offering("confirm:yes", n), "confirm:yes")
     await world.until(lambda: any("K1001" in m["text"] for m in world.to_buyer(buyer)))
-    thread = (await world.until(lambda: fake.topics.get(desk["id"])))[0]["message_thread_id"]
+    thread = await world.topic()
     agent = fake.user("客服丙")
     fake.text(agent, "/resolve 已补发", chat=desk, thread_id=thread)
     n = len(world.to_buyer(buyer))
@@ -72,7 +72,7 @@ async def test_agents_typed_commands_take_note_resolve_reopen_and_case(world: Wo
     buyer = fake.user("小命")
     fake.text(buyer, "转人工")
     await world.said(buyer, 2)
-    thread = (await world.until(lambda: fake.topics.get(desk["id"])))[0]["message_thread_id"]
+    thread = await world.topic()
     card = (await world.until(lambda: fake.sent_to(desk["id"], thread)))[0]
     agent = fake.user("客服丁")
     # Outside the topic, commands name the case.
@@ -103,7 +103,7 @@ async def test_a_buyer_who_blocked_the_bot_is_shown_on_the_case(world: World) ->
     buyer = fake.user("小屏")
     fake.text(buyer, "转人工")
     await world.said(buyer, 2)
-    thread = (await world.until(lambda: fake.topics.get(desk["id"])))[0]["message_thread_id"]
+    thread = await world.topic()
     fake.block(buyer)
     agent = fake.user("客服戊")
     fake.text(agent, "/take", chat=desk, thread_id=thread)
