@@ -26,6 +26,21 @@ from tests.support import REDIS_URL, TOKEN
 ALWAYS_OPEN = {"hours_open": "00:00", "hours_close": "00:00"}
 
 
+async def drop_namespace(ns: str) -> None:
+    """Delete every key a test left under this Redis namespace."""
+    cleanup = RedisStore(REDIS_URL, namespace=ns)
+    await cleanup.drop_namespace()
+    await cleanup.r.aclose()
+
+
+@pytest.fixture
+async def redis_namespace() -> AsyncIterator[str]:
+    """A fresh Redis namespace for the test's kefu processes, dropped afterwards."""
+    ns = f"kefu-test-{uuid.uuid4().hex[:8]}"
+    yield ns
+    await drop_namespace(ns)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """`kefu route` keeps vectors under $XDG_CACHE_HOME/kefu: tests use their own, not the user's."""
@@ -93,6 +108,4 @@ async def running(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 task.print_stack(limit=12)
             await closing
         if isinstance(kefu.store, RedisStore):
-            cleanup = RedisStore(REDIS_URL, namespace=kefu.store.ns)
-            await cleanup.drop_namespace()
-            await cleanup.r.aclose()
+            await drop_namespace(kefu.store.ns)

@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -108,15 +108,6 @@ def expected_ok(texts: list[str]) -> bool:
     return len(texts) == len(SCRIPT) and all(want in got for (_, want), got in zip(SCRIPT, texts, strict=True))
 
 
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    ns = f"kefu-mp-{uuid.uuid4().hex[:8]}"
-    yield ns
-    store = RedisStore(REDIS_URL, namespace=ns)
-    await store.drop_namespace()
-    await store.r.aclose()
-
-
 async def pending_work(store: RedisStore) -> dict[str, int]:
     depths = await store.queue_depths()
     failed = await store.r.llen(store.k("in", "failed", "webchat"))
@@ -127,9 +118,9 @@ async def pending_work(store: RedisStore) -> dict[str, int]:
     return {**depths, "failed": failed, "unacked": unacked}
 
 
-async def test_500_buyers_while_a_worker_is_killed_and_restarted(tmp_path: Path, namespace: str) -> None:
+async def test_500_buyers_while_a_worker_is_killed_and_restarted(tmp_path: Path, redis_namespace: str) -> None:
     data = tmp_path / "data"
-    env = kefu_env(REDIS_URL, namespace, data, KEFU_INGRESS_PARTITIONS="16")
+    env = kefu_env(REDIS_URL, redis_namespace, data, KEFU_INGRESS_PARTITIONS="16")
     procs: list[Proc] = []
     try:
         front = web(env, tmp_path)
@@ -155,7 +146,7 @@ async def test_500_buyers_while_a_worker_is_killed_and_restarted(tmp_path: Path,
             everything = await asyncio.gather(*(b.everything() for b in buyers))
         bad = [(b.visitor, texts) for b, texts in zip(buyers, everything, strict=True) if not expected_ok(texts)]
         assert not bad, f"{len(bad)} buyers got wrong or repeated replies, e.g. {bad[0]}"
-        store = RedisStore(REDIS_URL, namespace=namespace)
+        store = RedisStore(REDIS_URL, namespace=redis_namespace)
         try:
             cases = await store.find_cases(limit=2000)
             assert len(cases) == 500
@@ -257,8 +248,8 @@ async def test_nothing_acknowledged_is_lost_when_redis_restarts(tmp_path: Path, 
             p.kill(signal.SIGTERM)
 
 
-async def test_an_edit_made_in_one_process_is_served_by_all_within_two_seconds(tmp_path: Path, namespace: str) -> None:
-    env = kefu_env(REDIS_URL, namespace, tmp_path / "data")
+async def test_an_edit_made_in_one_process_is_served_by_all_within_two_seconds(tmp_path: Path, redis_namespace: str) -> None:
+    env = kefu_env(REDIS_URL, redis_namespace, tmp_path / "data")
     procs: list[Proc] = []
     try:
         front = web(env, tmp_path)

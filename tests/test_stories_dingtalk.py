@@ -18,7 +18,7 @@ from bots.app import KEY, Kefu, create_app
 from bots.dingtalk import callback_sign
 from handlers.model import Case
 from state.redis import RedisStore
-from tests.conftest import make_settings
+from tests.conftest import drop_namespace, make_settings
 from tests.fake_dingtalk import FakeDingTalk, User
 from tests.fake_wecom import FakeWeCom
 from tests.support import ORDER_OK, REDIS_URL, TOKEN, WebBuyer, jpeg, png, texts
@@ -101,9 +101,7 @@ async def _close(server: TestServer, fake: FakeDingTalk) -> None:
     await server.close()
     await fake.close()
     if isinstance(store, RedisStore):
-        cleanup = RedisStore(REDIS_URL, namespace=store.ns)
-        await cleanup.drop_namespace()
-        await cleanup.r.aclose()
+        await drop_namespace(store.ns)
 
 
 @pytest.fixture(params=["http", "stream", "stream+redis"])

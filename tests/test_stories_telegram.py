@@ -15,9 +15,8 @@ from aiohttp.test_utils import TestServer
 
 from bots.app import KEY, Kefu, create_app
 from handlers.model import Case
-from tests.conftest import make_settings
+from tests.conftest import drop_namespace, make_settings
 from tests.fake_telegram import FakeTelegram
-from state.redis import RedisStore
 from tests.support import ORDER_OK, REDIS_URL, TOKEN, WebAgent, jpeg, png
 
 Json = dict[str, Any]
@@ -140,9 +139,7 @@ async def test_the_same_story_on_redis_with_a_separate_worker_role(tmp_path: Pat
     finally:
         await w.server.close()
         await w.fake.close()
-        cleanup = RedisStore(REDIS_URL, namespace=ns)
-        await cleanup.drop_namespace()
-        await cleanup.r.aclose()
+        await drop_namespace(ns)
 
 
 async def album_story(world: World) -> None:

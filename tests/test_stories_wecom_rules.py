@@ -6,7 +6,6 @@ several kefu processes on one Redis."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bots.app import create_app
-from state.redis import RedisStore
 from tests.conftest import make_settings
 from tests.fake_wecom import FakeWeCom
 from tests.support import REDIS_URL, WebAgent
@@ -60,15 +58,6 @@ async def start(fake: FakeWeCom) -> AsyncIterator[Start]:
     yield run
     for server in servers:
         await server.close()  # a no-op for one a test closed itself
-
-
-@pytest.fixture
-async def redis_ns() -> AsyncIterator[str]:
-    ns = f"kefu-wecom-{uuid.uuid4().hex[:8]}"
-    yield ns
-    cleanup = RedisStore(REDIS_URL, namespace=ns)
-    await cleanup.drop_namespace()
-    await cleanup.r.aclose()
 
 
 async def failures(world: World, case_id: str, count: int = 1) -> list[str]:
@@ -201,8 +190,8 @@ async def test_a_restart_in_the_middle_of_a_burst_resumes_from_the_saved_cursor(
 
 
 async def test_the_group_robots_20_a_minute_are_shared_by_two_processes_and_nothing_is_dropped(
-        fake: FakeWeCom, start: Start, tmp_path: Path, redis_ns: str) -> None:
-    redis = {"redis_url": REDIS_URL, "redis_namespace": redis_ns, "ingress_partitions": 4}
+        fake: FakeWeCom, start: Start, tmp_path: Path, redis_namespace: str) -> None:
+    redis = {"redis_url": REDIS_URL, "redis_namespace": redis_namespace, "ingress_partitions": 4}
     a = await start(wecom_settings(fake, tmp_path / "a", **redis))
     b = await start(wecom_settings(fake, tmp_path / "b", **redis))
     buyers = [fake.customer(f"客人{i}") for i in range(26)]
@@ -232,8 +221,8 @@ async def test_the_group_robots_20_a_minute_are_shared_by_two_processes_and_noth
 
 
 async def test_one_access_token_for_three_processes_refreshed_once(
-        fake: FakeWeCom, start: Start, tmp_path: Path, redis_ns: str) -> None:
-    redis = {"redis_url": REDIS_URL, "redis_namespace": redis_ns, "ingress_partitions": 4}
+        fake: FakeWeCom, start: Start, tmp_path: Path, redis_namespace: str) -> None:
+    redis = {"redis_url": REDIS_URL, "redis_namespace": redis_namespace, "ingress_partitions": 4}
     worlds = [await start(wecom_settings(fake, tmp_path / f"p{i}", **redis)) for i in range(3)]
     buyer = fake.customer("郑先生")
     fake.customer_text(buyer, "你好")
