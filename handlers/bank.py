@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from handlers.matcher import simplify
+
 log = logging.getLogger("kefu.routing")
 
 UNCOVERED = "other:"  # label prefix of a bank topic no entry of the shop covers
@@ -92,8 +94,6 @@ def bank_for(root: Path) -> dict[str, Topic]:
 def starter_questions(topic: Topic, locale: str, n: int = 6) -> list[str]:
     """A few of a topic's shorter phrasings in the locale's language, to start a new entry with
     (Simplified Chinese for zh locales, English otherwise)."""
-    from handlers.matcher import simplify
-
     def fits(p: str) -> bool:
         cjk = any("\u3400" <= ch <= "\u9fff" for ch in p)
         if locale.startswith("zh"):

@@ -205,13 +205,19 @@ def _answer_faq(t: Turn, faq_id: str, question: str = "") -> None:
     c.last_answer, c.last_question, c.misses = faq_id, question or c.last_question, 0
 
 
+def _answer_missed(t: Turn) -> str | None:
+    """The last answer did not help: note it for the admin's misses page, forget it, return it."""
+    c = t.c
+    last, c.last_answer = c.last_answer, None
+    if last and c.last_question:
+        t.miss(c.last_question, "unhelpful", last)
+    return last
+
+
 def _unhelpful(t: Turn) -> None:
     """The buyer says the last answer did not help: offer the next best, or a person."""
     c = t.c
-    last = c.last_answer
-    c.last_answer = None
-    if last and c.last_question:
-        t.miss(c.last_question, "unhelpful", last)
+    last = _answer_missed(t)
     entry = t.ctx.wording.faq(last, c.locale) if last else None
     others: list[str] = []
     if entry is not None:
@@ -463,10 +469,7 @@ async def _while_waiting(t: Turn, ev: BuyerMessage, text: str, payload: str | No
         t.say("case_already_queued", case_id=case.id, position=position)
         return
     if c.last_answer and (payload == "helpful:no" or (text and t.is_phrase(text, "unhelpful"))):
-        # "没用" after an answer given while waiting: noted for the admin; a person is coming anyway.
-        if c.last_question:
-            t.miss(c.last_question, "unhelpful", c.last_answer)
-        c.last_answer = None
+        _answer_missed(t)  # "没用" after an answer given while waiting: a person is coming anyway
         t.say("case_waiting_ack", case_id=case.id, position=position)
         return
     if text and not payload:
