@@ -27,7 +27,6 @@ from handlers.matcher import simplify
 log = logging.getLogger("kefu.routing")
 
 UNCOVERED = "other:"  # label prefix of a bank topic no entry of the shop covers
-ACTIONS = ("claim:", "human", "none")  # topics that are kefu's own labels, linked by id
 
 # Linking thresholds (cosine of sentence vectors, see link()).
 LINK_MIN = 0.6  # an entry's examples must sit at least this close to the topic's phrasings;
